@@ -1,0 +1,860 @@
+"""Dataset registry, prompt templates and the offline arithmetic generator.
+
+Benchmark files are read in place from a data root (``data_root`` argument, else the
+``VERL_BENCH_DATA`` environment variable); see ``shared/data/math/PROVENANCE.md`` for the files,
+their fields and caveats. Nothing here downloads anything: ``DatasetSpec.hub_id`` only records where
+an online copy of a set lives, for callers that want it.
+
+Public API::
+
+    load_problems(name, data_root=None, limit=None, split_seed=None) -> list[Problem]
+    load_problems_with_stats(...) -> tuple[list[Problem], LoadStats]
+    render_prompt(template, question, tokenizer=None) -> str
+    arithmetic_problems(n, seed, level, split=None) -> list[Problem]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import re
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from verl_bench.reward import extract_boxed
+
+log = logging.getLogger(__name__)
+
+DATA_ENV = "VERL_BENCH_DATA"
+
+__all__ = [
+    "BOXED_INSTRUCTION",
+    "DATASETS",
+    "DATA_ENV",
+    "PROMPT_TEMPLATES",
+    "DataError",
+    "DatasetSpec",
+    "LoadStats",
+    "Problem",
+    "arithmetic_problems",
+    "dataset_names",
+    "load_problems",
+    "load_problems_with_stats",
+    "normalize_gold",
+    "render_prompt",
+    "resolve_data_root",
+]
+
+
+class DataError(ValueError):
+    """A data file is missing or malformed, or the data root cannot be found."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Problem record
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Problem:
+    """One problem. ``question`` is the raw problem text (not yet wrapped in a prompt template);
+    ``gold`` is the normalised gold answer string that ``verl_bench.reward.verify`` compares against."""
+
+    id: str
+    question: str
+    gold: str
+    source: str
+    solution: str | None = None
+    level: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:  # alias: the problem text
+        return self.question
+
+    @property
+    def answer(self) -> str:  # alias: the gold answer
+        return self.gold
+
+
+@dataclass
+class LoadStats:
+    """What happened while loading a set: how many records the file held, how many became problems,
+    and which were skipped (gold null or not extractable) with the reason."""
+
+    name: str
+    path: str | None
+    total_records: int = 0
+    loaded: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)  # (1-based line/record, reason)
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+
+# --------------------------------------------------------------------------------------------------
+# Gold normalisation / extraction
+# --------------------------------------------------------------------------------------------------
+
+_DEGREE_RE = re.compile(r"\s*(\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°)\s*$")
+_FLOAT_INT_RE = re.compile(r"^-?\d+\.0+$")
+
+
+def normalize_gold(value: Any) -> str | None:
+    """Turn a stored gold answer into a clean string, or None when there is none.
+
+    Floats that are integers become integers (27.0 -> "27"), surrounding ``$...$`` math delimiters
+    are removed ("$48$, $384$" -> "48, 384"), a trailing degree sign is dropped ("336^\\circ" -> "336").
+    LaTeX inside is left alone: the grader (math-verify) understands it.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, (list, tuple)):
+        parts = [normalize_gold(v) for v in value]
+        parts = [p for p in parts if p]
+        return ", ".join(parts) if parts else None
+    s = str(value).strip()
+    if "$" in s:
+        s = s.replace("$", "").strip()
+    s = _DEGREE_RE.sub("", s).strip()
+    if _FLOAT_INT_RE.match(s):
+        s = s.split(".")[0]
+    return s or None
+
+
+def _gsm8k_gold(rec: dict) -> str | None:
+    ans = rec["answer"]
+    if not isinstance(ans, str) or "####" not in ans:
+        return None
+    return normalize_gold(ans.split("####")[-1].strip().replace(",", ""))
+
+
+def _field_gold(key: str) -> Callable[[dict], str | None]:
+    def get(rec: dict) -> str | None:
+        return normalize_gold(rec[key])
+
+    get.__name__ = f"gold_from_{key}"
+    return get
+
+
+def _boxed_solution_gold(key: str = "solution") -> Callable[[dict], str | None]:
+    def get(rec: dict) -> str | None:
+        sol = rec[key]
+        if not isinstance(sol, str):
+            return None
+        return normalize_gold(extract_boxed(sol))
+
+    return get
+
+
+def _choice_or_answer_gold(rec: dict) -> str | None:
+    choice = rec.get("choice_answer")
+    if isinstance(choice, str) and choice.strip():
+        return choice.strip()
+    return normalize_gold(rec["answer"])
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to read one named set.
+
+    path: file relative to the data root (None for generated sets). fmt: "jsonl", "json" (array) or
+    "generated". question_key: record field with the problem text. required_keys: fields every record
+    must have (a missing one is a DataError naming file, line and key). gold: record -> gold string or
+    None (None = skipped and counted, not an error).
+    """
+
+    name: str
+    path: str | None
+    fmt: str
+    question_key: str = "question"
+    gold: Callable[[dict], str | None] | None = None
+    required_keys: tuple[str, ...] = ()
+    split: str = "test"
+    solution_key: str | None = None
+    level_key: str | None = None
+    meta_keys: tuple[str, ...] = ()
+    record_filter: Callable[[dict], bool] | None = None
+    hub_id: str | None = None  # where an online copy lives (not used offline; not verified here)
+    hub_config: str | None = None
+    hub_split: str | None = None
+    expected_records: int | None = None  # count of records in the file, per PROVENANCE.md
+    generator: dict[str, Any] | None = None  # for fmt="generated"
+    notes: str = ""
+
+
+def _spec(name, path, fmt, qkey, gold, required, **kw) -> DatasetSpec:
+    return DatasetSpec(
+        name=name, path=path, fmt=fmt, question_key=qkey, gold=gold, required_keys=required, **kw
+    )
+
+
+def _level_ge(min_level: float) -> Callable[[dict], bool]:
+    def keep(rec: dict) -> bool:
+        d = rec.get("difficulty")
+        return isinstance(d, (int, float)) and d >= min_level
+
+    return keep
+
+
+_ARITH_TRAIN_N = 2000
+_ARITH_TEST_N = 500
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def _register(spec: DatasetSpec) -> None:
+    DATASETS[spec.name] = spec
+
+
+for _s in [
+    _spec(
+        "gsm8k",
+        "gsm8k/test.jsonl",
+        "jsonl",
+        "question",
+        _gsm8k_gold,
+        ("question", "answer"),
+        solution_key="answer",
+        meta_keys=("idx",),
+        hub_id="openai/gsm8k",
+        hub_config="main",
+        hub_split="test",
+        expected_records=1319,
+    ),
+    _spec(
+        "gsm8k_train",
+        "gsm8k_train/train.jsonl",
+        "jsonl",
+        "question",
+        _gsm8k_gold,
+        ("question", "answer"),
+        split="train",
+        solution_key="answer",
+        hub_id="openai/gsm8k",
+        hub_config="main",
+        hub_split="train",
+        expected_records=7473,
+    ),
+    _spec(
+        "math500",
+        "math500/test.jsonl",
+        "jsonl",
+        "problem",
+        _field_gold("answer"),
+        ("problem", "answer"),
+        solution_key="solution",
+        level_key="level",
+        meta_keys=("subject", "unique_id"),
+        hub_id="HuggingFaceH4/MATH-500",
+        hub_split="test",
+        expected_records=500,
+    ),
+    _spec(
+        "math_train",
+        "math_train/math.json",
+        "json",
+        "problem",
+        _field_gold("answer"),
+        ("problem", "answer"),
+        split="train",
+        level_key="difficulty",
+        meta_keys=("type",),
+        expected_records=7474,
+        notes="2 records have answer=null: skipped and counted",
+    ),
+    _spec(
+        "math_train_l3to5",
+        "math_train/math.json",
+        "json",
+        "problem",
+        _field_gold("answer"),
+        ("problem", "answer"),
+        split="train",
+        level_key="difficulty",
+        meta_keys=("type",),
+        record_filter=_level_ge(3),
+        expected_records=7474,
+        notes="MATH train levels 3-5 (the SimpleRL-Zoo training distribution)",
+    ),
+    _spec(
+        "aime_train",
+        "aime_train/aime.json",
+        "json",
+        "problem",
+        _field_gold("answer"),
+        ("problem", "answer"),
+        split="train",
+        solution_key="solution",
+        level_key="difficulty",
+        meta_keys=("year", "aime_number", "problem_number"),
+        expected_records=975,
+    ),
+    _spec(
+        "minerva_math",
+        "minerva_math/test.jsonl",
+        "jsonl",
+        "problem",
+        _boxed_solution_gold("solution"),
+        ("problem", "solution"),
+        solution_key="solution",
+        meta_keys=("type", "idx"),
+        hub_id="math-ai/minervamath",
+        hub_split="test",
+        expected_records=272,
+        notes="gold = last \\boxed{} of the solution",
+    ),
+    _spec(
+        "olympiadbench",
+        "olympiadbench/test.jsonl",
+        "jsonl",
+        "question",
+        _field_gold("final_answer"),
+        ("question", "final_answer"),
+        meta_keys=("id", "subfield", "is_multiple_answer", "unit", "answer_type"),
+        expected_records=675,
+        notes="final_answer list joined with ', '",
+    ),
+    _spec(
+        "aime24",
+        "aime24/test.jsonl",
+        "jsonl",
+        "question",
+        _field_gold("answer"),
+        ("question", "answer"),
+        solution_key="solution",
+        meta_keys=("id", "url"),
+        hub_id="HuggingFaceH4/aime_2024",
+        hub_split="train",
+        expected_records=30,
+    ),
+    _spec(
+        "aime25",
+        "aime25/test.jsonl",
+        "jsonl",
+        "question",
+        _field_gold("answer"),
+        ("question", "answer"),
+        hub_id="math-ai/aime25",
+        hub_split="test",
+        expected_records=30,
+        notes="record #20 stores 336^\\circ; normalised to 336",
+    ),
+    _spec(
+        "amc23",
+        "amc23/test.jsonl",
+        "jsonl",
+        "question",
+        _field_gold("answer"),
+        ("question", "answer"),
+        meta_keys=("id", "url"),
+        hub_id="math-ai/amc23",
+        hub_split="test",
+        expected_records=40,
+        notes="answers stored as floats (27.0 -> '27')",
+    ),
+    _spec(
+        "amc24",
+        "amc24/test.jsonl",
+        "jsonl",
+        "problem",
+        _field_gold("answer"),
+        ("problem", "answer"),
+        meta_keys=("exam", "problem_number"),
+        expected_records=45,
+    ),
+    _spec(
+        "gaokao2023en",
+        "gaokao2023en/test.jsonl",
+        "jsonl",
+        "question",
+        _field_gold("answer"),
+        ("question", "answer"),
+        meta_keys=("id", "source"),
+        expected_records=385,
+    ),
+    _spec(
+        "gaokao2024_I",
+        "gaokao2024_I/test.jsonl",
+        "jsonl",
+        "question",
+        _field_gold("answer"),
+        ("question", "answer"),
+        meta_keys=("type",),
+        expected_records=14,
+        notes="Chinese",
+    ),
+    _spec(
+        "gaokao2024_II",
+        "gaokao2024_II/test.jsonl",
+        "jsonl",
+        "question",
+        _field_gold("answer"),
+        ("question", "answer"),
+        meta_keys=("type",),
+        expected_records=14,
+        notes="Chinese",
+    ),
+    _spec(
+        "gaokao2024_mix",
+        "gaokao2024_mix/test.jsonl",
+        "jsonl",
+        "question",
+        _choice_or_answer_gold,
+        ("question", "answer"),
+        meta_keys=("idx", "answer", "choice_answer"),
+        expected_records=91,
+        notes="Chinese; gold = choice_answer when non-empty, else answer",
+    ),
+    DatasetSpec(
+        "arithmetic",
+        None,
+        "generated",
+        split="train",
+        generator={"seed": 0, "level": "mixed", "n": _ARITH_TRAIN_N, "split": "train"},
+        notes="procedural arithmetic word problems, train split",
+    ),
+    DatasetSpec(
+        "arithmetic_test",
+        None,
+        "generated",
+        split="test",
+        generator={"seed": 1_000_003, "level": "mixed", "n": _ARITH_TEST_N, "split": "test"},
+        notes="procedural arithmetic word problems, held-out split (disjoint from 'arithmetic')",
+    ),
+]:
+    _register(_s)
+
+for _lvl in (1, 2, 3):
+    _register(
+        DatasetSpec(
+            f"arithmetic_l{_lvl}",
+            None,
+            "generated",
+            split="train",
+            generator={"seed": 0, "level": _lvl, "n": _ARITH_TRAIN_N, "split": "train"},
+        )
+    )
+    _register(
+        DatasetSpec(
+            f"arithmetic_test_l{_lvl}",
+            None,
+            "generated",
+            split="test",
+            generator={"seed": 1_000_003, "level": _lvl, "n": _ARITH_TEST_N, "split": "test"},
+        )
+    )
+
+
+def dataset_names() -> list[str]:
+    return list(DATASETS)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
+    """The benchmark data folder: ``data_root`` if given, else ``$VERL_BENCH_DATA``."""
+    if data_root is not None:
+        p = Path(data_root).expanduser()
+        if not p.is_dir():
+            raise DataError(f"data root {str(p)!r} is not an existing folder (set data_root or {DATA_ENV})")
+        return p
+    env = os.environ.get(DATA_ENV)
+    if not env:
+        raise DataError(
+            f"no data root: pass data_root=... or set the environment variable {DATA_ENV} "
+            "to the folder holding the benchmark files (e.g. .../shared/data/math)"
+        )
+    p = Path(env).expanduser()
+    if not p.is_dir():
+        raise DataError(f"{DATA_ENV}={env!r} does not name an existing folder")
+    return p
+
+
+def _iter_records(path: Path):
+    """Yield (1-based line or record number, record dict). Malformed input -> DataError."""
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.suffix == ".jsonl":
+        with path.open("r", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(
+                        f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno})"
+                    ) from e
+                if not isinstance(rec, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+                yield lineno, rec
+    else:
+        try:
+            with path.open("r", encoding="utf-8") as f:
+                data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from e
+        if not isinstance(data, list):
+            raise DataError(f"{path}: expected a JSON array of records, got {type(data).__name__}")
+        for i, rec in enumerate(data, 1):
+            if not isinstance(rec, dict):
+                raise DataError(f"{path}: record {i}: expected a JSON object, got {type(rec).__name__}")
+            yield i, rec
+
+
+def _load_file(spec: DatasetSpec, root: Path) -> tuple[list[Problem], LoadStats]:
+    assert spec.path is not None and spec.gold is not None
+    path = root / spec.path
+    where = "line" if path.suffix == ".jsonl" else "record"
+    stats = LoadStats(name=spec.name, path=str(path))
+    problems: list[Problem] = []
+    for n, rec in _iter_records(path):
+        stats.total_records += 1
+        for key in spec.required_keys:
+            if key not in rec:
+                loc = f"{path}:{n}" if where == "line" else f"{path}: record {n}"
+                raise DataError(f"{loc}: missing key {key!r} (dataset {spec.name!r})")
+        if spec.record_filter is not None and not spec.record_filter(rec):
+            continue
+        question = rec[spec.question_key]
+        if not isinstance(question, str) or not question.strip():
+            loc = f"{path}:{n}" if where == "line" else f"{path}: record {n}"
+            raise DataError(
+                f"{loc}: key {spec.question_key!r} is not a non-empty string (dataset {spec.name!r})"
+            )
+        if spec.name == "olympiadbench" and isinstance(rec.get("context"), str) and rec["context"].strip():
+            question = rec["context"].strip() + "\n" + question
+        gold = spec.gold(rec)
+        if not gold:
+            stats.skipped.append((n, "gold answer is null or could not be extracted"))
+            continue
+        level = None
+        if spec.level_key and isinstance(rec.get(spec.level_key), (int, float)):
+            level = int(rec[spec.level_key])
+        solution = rec.get(spec.solution_key) if spec.solution_key else None
+        if isinstance(solution, list):
+            solution = "\n\n".join(str(s) for s in solution)
+        meta = {k: rec[k] for k in spec.meta_keys if k in rec}
+        meta[where] = n
+        problems.append(
+            Problem(
+                id=f"{spec.name}/{stats.total_records - 1}",  # 0-based record index in the file
+                question=question,
+                gold=gold,
+                source=spec.name,
+                solution=solution if isinstance(solution, str) else None,
+                level=level,
+                meta=meta,
+            )
+        )
+    stats.loaded = len(problems)
+    if stats.skipped:
+        log.warning(
+            "%s: skipped %d record(s) without a usable gold answer: %s",
+            spec.name,
+            stats.n_skipped,
+            ", ".join(f"{where} {k}" for k, _ in stats.skipped),
+        )
+    return problems, stats
+
+
+def load_problems_with_stats(
+    name: str,
+    data_root: str | os.PathLike | None = None,
+    limit: int | None = None,
+    split_seed: int | None = None,
+) -> tuple[list[Problem], LoadStats]:
+    """Like :func:`load_problems`, also returning the :class:`LoadStats` (skipped records)."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    if limit is not None and limit < 0:
+        raise ValueError("limit must be >= 0")
+    spec = DATASETS[name]
+    if spec.fmt == "generated":
+        g = dict(spec.generator or {})
+        n = g.pop("n") if limit is None else limit
+        problems = arithmetic_problems(n, g["seed"], g["level"], split=g["split"], source=name)
+        stats = LoadStats(name=name, path=None, total_records=len(problems), loaded=len(problems))
+    else:
+        problems, stats = _load_file(spec, resolve_data_root(data_root))
+    if split_seed is not None:
+        random.Random(split_seed).shuffle(problems)
+    if limit is not None:
+        problems = problems[:limit]
+    return problems, stats
+
+
+def load_problems(
+    name: str,
+    data_root: str | os.PathLike | None = None,
+    limit: int | None = None,
+    split_seed: int | None = None,
+) -> list[Problem]:
+    """Load a registered set as a list of :class:`Problem`.
+
+    ``split_seed`` shuffles deterministically before ``limit`` is applied (so ``limit`` with a seed is a
+    random subset; without a seed it is the first ``limit`` records in file order). Records with a null
+    gold answer (math_train has 2) are skipped and counted: see :func:`load_problems_with_stats`.
+    """
+    return load_problems_with_stats(name, data_root, limit, split_seed)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt templates
+# --------------------------------------------------------------------------------------------------
+
+BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+# Texts follow QwenLM/Qwen2.5-Math evaluation/utils.py PROMPT_TEMPLATES (also used by
+# simpleRL-reason's simplelr_math_eval, which the VERL paper's eval scripts run with "qwen-boxed").
+PROMPT_TEMPLATES: dict[str, str | None] = {
+    # SimpleRL-Zoo / Qwen eval "qwen-boxed": default system, instruction after the question.
+    "qwen-boxed": (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n{input}\n" + BOXED_INSTRUCTION + "<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    ),
+    # Qwen2.5-Math-Instruct CoT: the instruction is the system message.
+    "qwen25-math-cot": (
+        "<|im_start|>system\n" + BOXED_INSTRUCTION + "<|im_end|>\n"
+        "<|im_start|>user\n{input}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    ),
+    "abel": "Question:\n{input}\nAnswer:\nLet's think step by step.\n",
+    "mathstral": "{input}\n" + BOXED_INSTRUCTION,
+    "plain": "{input}",
+    "chat": None,  # tokenizer.apply_chat_template, see render_prompt
+}
+
+
+def render_prompt(template: str, question: str, tokenizer: Any = None) -> str:
+    """Wrap a problem text in a prompt template.
+
+    "qwen-boxed", "qwen25-math-cot", "abel", "mathstral", "plain" are fixed strings; "chat" uses the
+    tokenizer's own chat template (one user turn: question + boxed instruction, generation prompt added)
+    and needs ``tokenizer``.
+    """
+    if template not in PROMPT_TEMPLATES:
+        raise ValueError(f"unknown prompt template {template!r}; known: {', '.join(PROMPT_TEMPLATES)}")
+    if not isinstance(question, str):
+        raise TypeError("question must be a string")
+    if template == "chat":
+        if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
+            raise ValueError("prompt template 'chat' needs a tokenizer with apply_chat_template")
+        messages = [{"role": "user", "content": f"{question}\n{BOXED_INSTRUCTION}"}]
+        out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if not isinstance(out, str):
+            raise TypeError(f"apply_chat_template returned {type(out).__name__}, expected str")
+        return out
+    tpl = PROMPT_TEMPLATES[template]
+    assert tpl is not None
+    # str.replace, not str.format: problem texts are full of LaTeX braces.
+    return tpl.replace("{input}", question).strip(" ")
+
+
+# --------------------------------------------------------------------------------------------------
+# Procedural arithmetic word problems
+# --------------------------------------------------------------------------------------------------
+
+_NAMES = [
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Dan",
+    "Emma",
+    "Finn",
+    "Grace",
+    "Hugo",
+    "Ivy",
+    "Jack",
+    "Kira",
+    "Leo",
+    "Mia",
+    "Noah",
+    "Olga",
+    "Pablo",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Will",
+    "Yara",
+    "Zoe",
+]
+_ITEMS = [
+    "apples",
+    "marbles",
+    "stickers",
+    "pencils",
+    "cookies",
+    "stamps",
+    "shells",
+    "books",
+    "coins",
+    "cards",
+    "eggs",
+    "buttons",
+    "beads",
+    "candles",
+    "balloons",
+    "oranges",
+]
+_CONTAINERS = ["boxes", "bags", "packs", "jars", "crates", "baskets"]
+_TEST_BUCKETS = 5  # 1 in 5 candidate problems belongs to the held-out split
+
+
+def _split_of(question: str) -> str:
+    """Train/test membership is a function of the problem text, so the splits are disjoint."""
+    return "test" if zlib.crc32(question.encode("utf-8")) % _TEST_BUCKETS == 0 else "train"
+
+
+def _gen_level1(r: random.Random) -> tuple[str, str, int]:
+    name, item = r.choice(_NAMES), r.choice(_ITEMS)
+    a, b = r.randint(1, 60), r.randint(1, 60)
+    t = r.randrange(3)
+    if t == 0:
+        q = f"{name} has {a} {item}. {name} gets {b} more {item}. How many {item} does {name} have now?"
+    elif t == 1:
+        other = r.choice([n for n in _NAMES if n != name])
+        q = f"{name} has {a} {item} and {other} has {b} {item}. How many {item} do they have together?"
+    else:
+        q = f"There are {a} {item} on a table and {b} {item} in a drawer. How many {item} are there in total?"
+    return q, f"{a} + {b}", a + b
+
+
+def _gen_level2(r: random.Random) -> tuple[str, str, int]:
+    name, item = r.choice(_NAMES), r.choice(_ITEMS)
+    t = r.randrange(3)
+    if t == 0:
+        a, b = r.randint(10, 90), r.randint(1, 50)
+        c = r.randint(1, a + b)
+        q = (
+            f"{name} has {a} {item}. {name} buys {b} more and then gives {c} away. "
+            f"How many {item} does {name} have left?"
+        )
+        return q, f"{a} + {b} - {c}", a + b - c
+    if t == 1:
+        a = r.randint(20, 99)
+        b = r.randint(1, a)
+        c = r.randint(1, 50)
+        q = (
+            f"A shelf holds {a} {item}. {b} {item} are taken off the shelf, and later {c} new {item} "
+            f"are put on it. How many {item} are on the shelf now?"
+        )
+        return q, f"{a} - {b} + {c}", a - b + c
+    a, b, c = r.randint(1, 60), r.randint(1, 60), r.randint(1, 60)
+    q = (
+        f"{name} collected {a} {item} on Monday, {b} on Tuesday and {c} on Wednesday. "
+        f"How many {item} did {name} collect in these three days?"
+    )
+    return q, f"{a} + {b} + {c}", a + b + c
+
+
+def _gen_level3(r: random.Random) -> tuple[str, str, int]:
+    name, item = r.choice(_NAMES), r.choice(_ITEMS)
+    t = r.randrange(3)
+    if t == 0:
+        box = r.choice(_CONTAINERS)
+        a, b = r.randint(2, 12), r.randint(2, 15)
+        d = r.randint(2, min(6, a * b))  # so that a * b // d >= 1
+        c = r.randint(1, (a * b) // d)
+        q = (
+            f"{name} buys {a} {box} of {item} with {b} {item} in each. {name} then gives {c} {item} "
+            f"to each of {d} friends. How many {item} does {name} keep?"
+        )
+        return q, f"{a} * {b} - {c} * {d}", a * b - c * d
+    if t == 1:
+        p, a, b = r.randint(2, 9), r.randint(2, 12), r.randint(2, 12)
+        bill = p * (a + b) + r.randint(0, 40)
+        q = (
+            f"A shop sells {item} for {p} dollars each. {name} buys {a} {item} on Monday and {b} on "
+            f"Tuesday, and pays with {bill} dollars in total. How many dollars of change does {name} get?"
+        )
+        return q, f"{bill} - {p} * ({a} + {b})", bill - p * (a + b)
+    rows, cols, extra = r.randint(2, 12), r.randint(2, 12), r.randint(1, 30)
+    q = (
+        f"{name} arranges {item} in {rows} rows with {cols} {item} in each row, and has {extra} "
+        f"{item} left over. How many {item} does {name} have?"
+    )
+    return q, f"{rows} * {cols} + {extra}", rows * cols + extra
+
+
+_GENERATORS = {1: _gen_level1, 2: _gen_level2, 3: _gen_level3}
+
+
+def arithmetic_problems(
+    n: int,
+    seed: int = 0,
+    level: int | str = 1,
+    split: str | None = None,
+    source: str = "arithmetic",
+) -> list[Problem]:
+    """``n`` deterministic arithmetic word problems with verifiable non-negative integer answers.
+
+    level 1: one addition of small numbers; 2: two additive operations; 3: multi-step with
+    multiplication; "mixed" cycles 1, 2, 3. Candidate ``i`` depends only on (seed, level, i), so ids
+    (``arith-L{level}-s{seed}-{i}``) and texts are stable and a larger ``n`` extends a smaller one.
+    ``split`` "train"/"test" keeps only candidates whose text hashes into that split (1 in 5 go to
+    test), which makes the two splits disjoint whatever the seeds; duplicates within a call are dropped.
+    ``meta["expression"]`` holds the arithmetic the answer comes from.
+    """
+    if n < 0:
+        raise ValueError("n must be >= 0")
+    if level not in (1, 2, 3, "mixed"):
+        raise ValueError(f"level must be 1, 2, 3 or 'mixed', got {level!r}")
+    if split not in (None, "train", "test"):
+        raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+    out: list[Problem] = []
+    seen: set[str] = set()
+    i = 0
+    max_candidates = 200 * n + 1000
+    while len(out) < n:
+        if i >= max_candidates:
+            raise RuntimeError(f"could not generate {n} distinct problems (level={level!r}, split={split!r})")
+        lvl = (i % 3) + 1 if level == "mixed" else int(level)
+        r = random.Random(f"verl-bench-arith/{seed}/{level}/{i}")
+        question, expr, answer = _GENERATORS[lvl](r)
+        idx = i
+        i += 1
+        if question in seen or (split is not None and _split_of(question) != split):
+            continue
+        seen.add(question)
+        assert answer >= 0
+        out.append(
+            Problem(
+                id=f"arith-L{level if level != 'mixed' else 'm'}-s{seed}-{idx}",
+                question=question,
+                gold=str(answer),
+                source=source,
+                solution=f"{expr} = {answer}. The answer is \\boxed{{{answer}}}.",
+                level=lvl,
+                meta={"expression": expr, "seed": seed, "index": idx, "split": split},
+            )
+        )
+    return out
