@@ -445,14 +445,17 @@ for _s in [
 ]:
     _register(_s)
 
-for _lvl in (1, 2, 3):
+# level 0 has only 18 x 18 distinct sums: 250 of them hash into the train split and 70 into test
+_LEVEL_SIZES = {0: (250, 64), 1: (_ARITH_TRAIN_N, _ARITH_TEST_N), 2: (_ARITH_TRAIN_N, _ARITH_TEST_N),
+                3: (_ARITH_TRAIN_N, _ARITH_TEST_N)}
+for _lvl, (_n_train, _n_test) in _LEVEL_SIZES.items():
     _register(
         DatasetSpec(
             f"arithmetic_l{_lvl}",
             None,
             "generated",
             split="train",
-            generator={"seed": 0, "level": _lvl, "n": _ARITH_TRAIN_N, "split": "train"},
+            generator={"seed": 0, "level": _lvl, "n": _n_train, "split": "train"},
         )
     )
     _register(
@@ -461,7 +464,7 @@ for _lvl in (1, 2, 3):
             None,
             "generated",
             split="test",
-            generator={"seed": 1_000_003, "level": _lvl, "n": _ARITH_TEST_N, "split": "test"},
+            generator={"seed": 1_000_003, "level": _lvl, "n": _n_test, "split": "test"},
         )
     )
 
@@ -648,13 +651,17 @@ PROMPT_TEMPLATES: dict[str, str | None] = {
     "mathstral": "{input}\n" + BOXED_INSTRUCTION,
     "plain": "{input}",
     "chat": None,  # tokenizer.apply_chat_template, see render_prompt
+    "chat-direct": None,  # the same, asking for the boxed answer without step-by-step reasoning
 }
+# small models asked to "reason step by step" ramble past a short token budget and never answer
+DIRECT_INSTRUCTION = "Put your final answer within \\boxed{}."
 
 
 def render_prompt(template: str, question: str, tokenizer: Any = None) -> str:
     """Wrap a problem text in a prompt template.
 
-    "qwen-boxed", "qwen25-math-cot", "abel", "mathstral", "plain" are fixed strings; "chat" uses the
+    "qwen-boxed", "qwen25-math-cot", "abel", "mathstral", "plain" are fixed strings; "chat" ("chat-direct":
+    without "reason step by step") uses the
     tokenizer's own chat template (one user turn: question + boxed instruction, generation prompt added)
     and needs ``tokenizer``.
     """
@@ -662,10 +669,11 @@ def render_prompt(template: str, question: str, tokenizer: Any = None) -> str:
         raise ValueError(f"unknown prompt template {template!r}; known: {', '.join(PROMPT_TEMPLATES)}")
     if not isinstance(question, str):
         raise TypeError("question must be a string")
-    if template == "chat":
+    if template in ("chat", "chat-direct"):
         if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
-            raise ValueError("prompt template 'chat' needs a tokenizer with apply_chat_template")
-        messages = [{"role": "user", "content": f"{question}\n{BOXED_INSTRUCTION}"}]
+            raise ValueError(f"prompt template {template!r} needs a tokenizer with apply_chat_template")
+        instruction = BOXED_INSTRUCTION if template == "chat" else DIRECT_INSTRUCTION
+        messages = [{"role": "user", "content": f"{question}\n{instruction}"}]
         out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if not isinstance(out, str):
             raise TypeError(f"apply_chat_template returned {type(out).__name__}, expected str")
@@ -732,6 +740,13 @@ _TEST_BUCKETS = 5  # 1 in 5 candidate problems belongs to the held-out split
 def _split_of(question: str) -> str:
     """Train/test membership is a function of the problem text, so the splits are disjoint."""
     return "test" if zlib.crc32(question.encode("utf-8")) % _TEST_BUCKETS == 0 else "train"
+
+
+def _gen_level0(r: random.Random) -> tuple[str, str, int]:
+    # bare sums of small numbers: the level SmolLM2-135M gets right about 30% of the time at T=0.7, so a
+    # GRPO group of 8 usually holds both right and wrong answers (the signal the embedded demo learns from)
+    a, b = r.randint(2, 19), r.randint(2, 19)
+    return f"What is {a} + {b}?", f"{a} + {b}", a + b
 
 
 def _gen_level1(r: random.Random) -> tuple[str, str, int]:
@@ -805,7 +820,7 @@ def _gen_level3(r: random.Random) -> tuple[str, str, int]:
     return q, f"{rows} * {cols} + {extra}", rows * cols + extra
 
 
-_GENERATORS = {1: _gen_level1, 2: _gen_level2, 3: _gen_level3}
+_GENERATORS = {0: _gen_level0, 1: _gen_level1, 2: _gen_level2, 3: _gen_level3}
 
 
 def arithmetic_problems(
@@ -817,7 +832,7 @@ def arithmetic_problems(
 ) -> list[Problem]:
     """``n`` deterministic arithmetic word problems with verifiable non-negative integer answers.
 
-    level 1: one addition of small numbers; 2: two additive operations; 3: multi-step with
+    level 0: a bare sum "What is a + b?" of numbers 2-19; level 1: one addition of small numbers; 2: two additive operations; 3: multi-step with
     multiplication; "mixed" cycles 1, 2, 3. Candidate ``i`` depends only on (seed, level, i), so ids
     (``arith-L{level}-s{seed}-{i}``) and texts are stable and a larger ``n`` extends a smaller one.
     ``split`` "train"/"test" keeps only candidates whose text hashes into that split (1 in 5 go to
@@ -826,8 +841,8 @@ def arithmetic_problems(
     """
     if n < 0:
         raise ValueError("n must be >= 0")
-    if level not in (1, 2, 3, "mixed"):
-        raise ValueError(f"level must be 1, 2, 3 or 'mixed', got {level!r}")
+    if level not in (0, 1, 2, 3, "mixed"):
+        raise ValueError(f"level must be 0, 1, 2, 3 or 'mixed', got {level!r}")
     if split not in (None, "train", "test"):
         raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
     out: list[Problem] = []

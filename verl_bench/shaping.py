@@ -409,6 +409,32 @@ class RankShaper:
             self.perf_ema = s if self.perf_ema is None else ema_update(self.perf_ema, s, a)
         self.step += 1
 
+    def sequence_advantages(
+        self,
+        rewards: torch.Tensor,
+        group_ids: torch.Tensor,
+        metrics: torch.Tensor,
+        score_mean: float | None = None,
+        training: bool = True,
+        estimator: str = "grpo",
+    ) -> tuple[torch.Tensor, torch.Tensor | None, ShapingOutput]:
+        """(A0 (B,), bonus (B,) or None, shaping output) for one batch of responses.
+
+        advantage target: A0 = estimator(r) and bonus = min(relu(Phi), |A0|/kappa). Phi is computed whenever
+        shaping is on (unlike the released reference, which only computed it in reward mode and so trained
+        plain GRPO). reward target: A0 = estimator(r + Phi), no bonus. When Phi is inactive nothing is added,
+        so the result is bit-identical to plain GRPO. Sequence level, so a distributed caller can run it on
+        the gathered global batch and place the bonus on its own tokens.
+        """
+        out = self.compute(metrics, score_mean, training)
+        cfg = self.config
+        if out.active and cfg.target == "reward":
+            return compute_advantage(estimator, shape_reward(rewards, out.phi), group_ids), None, out
+        a0 = compute_advantage(estimator, rewards, group_ids)
+        if not out.active:
+            return a0, None, out
+        return a0, shaping_bonus(a0, out.phi.to(a0.dtype), cfg.kappa), out
+
     def advantages(
         self,
         rewards: torch.Tensor,
@@ -419,20 +445,6 @@ class RankShaper:
         training: bool = True,
         estimator: str = "grpo",
     ) -> tuple[torch.Tensor, ShapingOutput]:
-        """The whole shaped step: per-token advantages (B, T) and the shaping output.
-
-        advantage target: A0 = estimator(r); A = A0 + bonus at ``placement``. Phi is computed whenever
-        shaping is on (unlike the released reference, which only computed it in reward mode and so trained
-        plain GRPO). reward target: A = estimator(r + Phi) on every token. When Phi is inactive nothing is
-        added, so the result is bit-identical to plain GRPO.
-        """
-        out = self.compute(metrics, score_mean, training)
-        cfg = self.config
-        if out.active and cfg.target == "reward":
-            a0 = compute_advantage(estimator, shape_reward(rewards, out.phi), group_ids)
-            return token_advantages(a0, mask), out
-        a0 = compute_advantage(estimator, rewards, group_ids)
-        if not out.active:
-            return token_advantages(a0, mask), out
-        bonus = shaping_bonus(a0, out.phi.to(a0.dtype), cfg.kappa)
-        return token_advantages(a0, mask, bonus, cfg.placement), out
+        """The whole shaped step: per-token advantages (B, T) (bonus at ``placement``) and the shaping output."""
+        a0, bonus, out = self.sequence_advantages(rewards, group_ids, metrics, score_mean, training, estimator)
+        return token_advantages(a0, mask, bonus, self.config.placement), out

@@ -30,12 +30,12 @@ import torch.distributed as dist
 from verl_bench import data as data_lib
 from verl_bench import reward as reward_lib
 from verl_bench.config import TrainConfig, dump_config
-from verl_bench.grpo import compute_advantage, policy_loss
+from verl_bench.grpo import policy_loss
 from verl_bench.models import load_model
 from verl_bench.policy import ResponseScorer, policy_forward
 from verl_bench.rank import rank_dynamics
 from verl_bench.rollout import HFGenerateEngine, SamplingParams
-from verl_bench.shaping import RankShaper, shape_reward, shaping_bonus, stack_metrics, token_advantages
+from verl_bench.shaping import RankShaper, stack_metrics, token_advantages
 
 Reporter = Callable[[dict, "Path | None"], None]
 STATE_FILE = "trainer_state.pt"
@@ -278,11 +278,8 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
         g_groups = world.gather(rollout.group_ids.cpu() + offset)
         g_correct = world.gather(correct)
         score_mean = sum(reward_lib.reward_to_task_score(r, cfg.reward.scheme) for r in g_rewards.tolist()) / len(g_rewards)
-        shaped = shaper.compute(g_metrics, score_mean=score_mean, training=True)
-        use_reward = shaped.active and cfg.shaping.target == "reward"
-        a0 = compute_advantage(cfg.algo.estimator, shape_reward(g_rewards, shaped.phi) if use_reward else g_rewards,
-                               g_groups)
-        bonus = shaping_bonus(a0, shaped.phi, cfg.shaping.kappa) if shaped.active and not use_reward else None
+        a0, bonus, shaped = shaper.sequence_advantages(g_rewards, g_groups, g_metrics, score_mean=score_mean,
+                                                       estimator=cfg.algo.estimator)
         local = slice(world.rank * len(rewards), (world.rank + 1) * len(rewards))
         adv = token_advantages(a0[local].float().to(device), mask,
                                None if bonus is None else bonus[local].float().to(device), cfg.shaping.placement)
@@ -327,7 +324,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
             "rank/era": float(g_metrics[:, 0].mean()),
             "verl/beta_mean": float(shaped.beta.mean()), "verl/phi_mean": float(shaped.phi.mean()),
             "verl/frac_shaped": float((bonus > 0).float().mean()) if bonus is not None else
-            (float(shaped.active) if use_reward else 0.0),
+            float(shaped.active and cfg.shaping.target == "reward"),
             "verl/lambda": float(shaped.lam),
             "loss": float(loss.detach()), "kl": stats_acc.get("kl", 0.0), "entropy": stats_acc.get("entropy", 0.0),
             "clip_frac": stats_acc.get("clip_frac", 0.0), "grad_norm": grad_norm,

@@ -1,0 +1,86 @@
+"""Rollout layout and the one-pass policy forward against plain transformers references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from verl_bench.models import load_model
+from verl_bench.policy import policy_forward
+from verl_bench.rollout import HFGenerateEngine, SamplingParams, response_mask_from_ids
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = load_model("tiny:test")
+    return model, tok
+
+
+def _rollout(model, tok, n=3, max_new_tokens=10, temperature=1.0):
+    torch.manual_seed(0)
+    prompts = ["What is 2 + 2?", "A much longer prompt about apples, pears and several other fruits?"]
+    chat = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts]
+    return HFGenerateEngine(model, tok).generate(
+        chat, SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens))
+
+
+def test_rollout_layout(tiny):
+    model, tok = tiny
+    roll = _rollout(model, tok)
+    assert roll.response_ids.shape[0] == 6 and roll.group_ids.tolist() == [0, 0, 0, 1, 1, 1]
+    # prompts are left-padded: the last prompt column is real for every row
+    assert roll.prompt_mask[:, -1].all()
+    assert not roll.prompt_mask[0].all()  # the short prompt is padded
+    # responses are right-padded and contiguous from column 0
+    m = roll.response_mask.int()
+    assert torch.all(m[:, 1:] <= m[:, :-1])
+    assert len(roll.texts) == 6
+
+
+def test_logprobs_and_hidden_match_full_forward(tiny):
+    model, tok = tiny
+    roll = _rollout(model, tok)
+    out = policy_forward(model, roll, chunk_tokens=7, with_entropy=True)  # odd chunk size on purpose
+    # independent reference: the stock HF forward with every hidden state and full-vocabulary log_softmax
+    ids, attn = roll.input_ids, roll.attention_mask
+    pos = (attn.long().cumsum(1) - 1).clamp_min(0)
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=attn, position_ids=pos, output_hidden_states=True)
+    p, r = roll.prompt_ids.shape[1], roll.response_ids.shape[1]
+    logits = ref.logits[:, p - 1 : p - 1 + r].double()
+    full = torch.log_softmax(logits, dim=-1)
+    ref_logp = full.gather(2, roll.response_ids[:, :, None]).squeeze(2) * roll.response_mask
+    torch.testing.assert_close(out.logprobs.double(), ref_logp, rtol=1e-5, atol=1e-5)
+    ref_ent = -(full.exp() * full).sum(-1) * roll.response_mask
+    torch.testing.assert_close(out.entropy.double(), ref_ent, rtol=1e-5, atol=1e-5)
+    # METHOD.md section 1: the LAST layer AFTER the final norm, row j = the state that sampled token j
+    torch.testing.assert_close(out.hidden, ref.hidden_states[-1][:, p - 1 : p - 1 + r], rtol=1e-5, atol=1e-5)
+
+
+def test_sampling_logprobs_with_temperature(tiny):
+    model, tok = tiny
+    roll = _rollout(model, tok, temperature=0.5)
+    out = policy_forward(model, roll, temperature=0.5)
+    with torch.no_grad():
+        cold = policy_forward(model, roll)
+    # dividing the logits by T changes the log-probs of the sampled tokens (the sampling policy's, not T=1)
+    assert not torch.allclose(out.logprobs, cold.logprobs)
+    assert torch.all(out.logprobs <= 0)
+
+
+def test_gradients_flow_through_logprobs_only(tiny):
+    model, tok = tiny
+    roll = _rollout(model, tok)
+    out = policy_forward(model, roll)
+    assert out.logprobs.requires_grad and not out.hidden.requires_grad
+    out.logprobs.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and any(g.abs().sum() > 0 for g in grads)
+    model.zero_grad(set_to_none=True)
+
+
+def test_response_mask_stops_after_first_eos():
+    ids = torch.tensor([[5, 6, 2, 2, 2], [5, 2, 7, 2, 9], [5, 6, 7, 8, 9]])
+    mask = response_mask_from_ids(ids, [2])
+    assert mask.int().tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]  # EOS itself counts
