@@ -58,6 +58,28 @@ def test_logprobs_and_hidden_match_full_forward(tiny):
     torch.testing.assert_close(out.hidden, ref.hidden_states[-1][:, p - 1 : p - 1 + r], rtol=1e-5, atol=1e-5)
 
 
+def test_length_grouped_micro_batches_change_nothing(tiny):
+    model, tok = tiny
+    roll = _rollout(model, tok, n=4, max_new_tokens=12)
+    # responses of very different lengths (as if EOS came early), so micro-batches get different widths
+    lengths = torch.tensor([12, 3, 7, 1, 12, 5, 9, 2])
+    roll.response_mask = torch.arange(roll.response_ids.shape[1])[None, :] < lengths[:, None]
+    roll.response_ids = torch.where(roll.response_mask, roll.response_ids, tok.pad_token_id)
+    whole = policy_forward(model, roll, with_entropy=True)
+    parts = policy_forward(model, roll, with_entropy=True, micro_batch=3)
+    torch.testing.assert_close(parts.logprobs, whole.logprobs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parts.entropy, whole.entropy, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(parts.hidden, whole.hidden, rtol=1e-5, atol=1e-5)
+    # gradients agree too: the micro-batches are one differentiable pass
+    grads = []
+    for mb in (None, 3):
+        model.zero_grad(set_to_none=True)
+        policy_forward(model, roll, micro_batch=mb).logprobs.sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-5)
+    model.zero_grad(set_to_none=True)
+
+
 def test_sampling_logprobs_with_temperature(tiny):
     model, tok = tiny
     roll = _rollout(model, tok, temperature=0.5)

@@ -93,7 +93,8 @@ class TrainConfig:
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"
     gradient_checkpointing: bool = False
-    logits_chunk_tokens: int = 2048  # LM-head rows per chunk in the log-prob pass
+    logits_chunk_tokens: int = 512  # LM-head rows per chunk: 512 x 49k vocab x 4 B = 100 MB of logits at a time
+    micro_batch: int | None = 8  # responses per scoring micro-batch, grouped by length (None: all at once)
     threads: int | None = None  # torch CPU threads (None: torch's default)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

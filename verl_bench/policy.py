@@ -45,15 +45,45 @@ class ResponseScorer(torch.nn.Module):
         self.lm = lm
 
     def forward(self, input_ids, attention_mask, prompt_len: int, targets, mask, chunk_tokens: int = 4096,
-                with_entropy: bool = False, temperature: float = 1.0):
+                with_entropy: bool = False, temperature: float = 1.0, micro_batch: int | None = None):
+        """(logprobs (N, R), entropy (N, R) or None, hidden (N, R, D) detached) for a whole rollout.
+
+        Rows are scored in micro-batches of similar response length, each cut to its own widths, so a batch
+        with one long response does not pay for padding everywhere; the LM head only sees real response rows.
+        The micro-batches live inside this one ``forward`` so that DDP sees a single pass.
+        """
+        n, r = targets.shape
+        lengths = mask.sum(dim=1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        step = micro_batch or n
+        logp_parts, ent_parts, hidden_parts = [], [], []
+        for start in range(0, n, step):
+            idx = order[start : start + step]
+            r_mb = max(int(lengths[idx].max()), 1)
+            first = int(attention_mask[idx, :prompt_len].any(dim=0).int().argmax())  # drop all-pad prompt columns
+            cols = slice(first, prompt_len + r_mb)
+            lp, ent, hid = self._score(input_ids[idx, cols], attention_mask[idx, cols], prompt_len - first,
+                                       targets[idx, :r_mb], mask[idx, :r_mb], chunk_tokens, with_entropy, temperature)
+            pad = r - r_mb
+            logp_parts.append(torch.nn.functional.pad(lp, (0, pad)))
+            ent_parts.append(torch.nn.functional.pad(ent, (0, pad)) if with_entropy else None)
+            hidden_parts.append(torch.nn.functional.pad(hid, (0, 0, 0, pad)))
+        inverse = torch.argsort(order)
+        logprobs = torch.cat(logp_parts)[inverse]
+        entropy = torch.cat(ent_parts)[inverse] if with_entropy else None
+        return logprobs, entropy, torch.cat(hidden_parts)[inverse]
+
+    def _score(self, input_ids, attention_mask, prompt_len, targets, mask, chunk_tokens, with_entropy,
+               temperature):
         body, head = decoder_and_head(self.lm)
         # position ids count real tokens only, so left padding does not shift positions
         position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)
         out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
         r = targets.shape[1]
         rows = out.last_hidden_state[:, prompt_len - 1 : prompt_len - 1 + r]  # row j sampled token j
-        flat_rows = rows.reshape(-1, rows.shape[-1])
-        flat_targets = targets.reshape(-1)
+        keep = mask.reshape(-1).nonzero().squeeze(1)  # the LM head never runs on padding
+        flat_rows = rows.reshape(-1, rows.shape[-1])[keep]
+        flat_targets = targets.reshape(-1)[keep]
         logps, ents = [], []
         step = max(1, chunk_tokens)
         for start in range(0, flat_rows.shape[0], step):
@@ -66,14 +96,21 @@ class ResponseScorer(torch.nn.Module):
                 lp, ent = _head_logprobs(*args)
             logps.append(lp)
             ents.append(ent)
-        logprobs = torch.cat(logps).view_as(targets) * mask
-        entropy = torch.cat(ents).view_as(targets) * mask if with_entropy else None
-        return logprobs, entropy, rows.detach()
+        logprobs = rows.new_zeros(targets.numel(), dtype=torch.float32).index_put((keep,), _cat(logps))
+        entropy = None
+        if with_entropy:
+            entropy = rows.new_zeros(targets.numel(), dtype=torch.float32).index_put((keep,), _cat(ents))
+            entropy = entropy.view_as(targets)
+        return logprobs.view_as(targets), entropy, rows.detach() * mask[:, :, None].to(rows.dtype)
+
+
+def _cat(parts):
+    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 def policy_forward(
     model, rollout: Rollout, *, chunk_tokens: int = 4096, with_entropy: bool = False,
-    temperature: float = 1.0,
+    temperature: float = 1.0, micro_batch: int | None = None,
 ) -> PolicyOutput:
     """Forward the policy over prompt+response. Gradients flow into ``logprobs`` when grad is enabled.
 
@@ -86,7 +123,7 @@ def policy_forward(
     logprobs, entropy, hidden = scorer(
         rollout.input_ids.to(device), rollout.attention_mask.to(device), rollout.prompt_ids.shape[1],
         rollout.response_ids.to(device), rollout.response_mask.to(device), chunk_tokens, with_entropy,
-        temperature,
+        temperature, micro_batch,
     )
     return PolicyOutput(logprobs=logprobs, hidden=hidden, entropy=entropy)
 

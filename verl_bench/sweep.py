@@ -1,0 +1,602 @@
+"""Hyper-parameter sweeps over ``TrainConfig`` with Ray Tune: a strict YAML format and ``run_sweep``.
+
+    verl-bench sweep search_spaces/demo.yaml            # validate, start a local Ray, run, print the best
+    verl-bench sweep search_spaces/demo.yaml --resume   # continue an interrupted sweep (same storage/name)
+    verl-bench sweep search_spaces/demo.yaml --dry-run  # validate only
+
+A sweep file (everything is checked before Ray starts; errors name file:line: key)::
+
+    base: ../verl_bench/configs/demo.yaml   # a config YAML, or an inline TrainConfig mapping; an inline
+                                            # mapping may hold `from: PATH` plus keys that override it
+    space:                                  # dotted TrainConfig keys -> one distribution each
+      shaping.kappa: {loguniform: [0.5, 8]}
+      shaping.tau: {uniform: [-0.5, 0.5]}
+      rollout.n: {int: [4, 8]}              # inclusive bounds
+      shaping.mode: {choice: [meta, sum]}
+      shaping.placement: {grid: [last_token, all_tokens]}   # random / grid search only
+    search: {algo: optuna, seed: 0, points_to_evaluate: [{shaping.kappa: 2.0, ...}]}
+    scheduler: {kind: asha, grace_period: 2, max_t: 30}     # time unit: training steps
+    metric: val/accuracy
+    mode: max
+    num_samples: 20          # Optuna/random: trials; grid: repeats of the whole grid
+    seed_repeats: 1          # >1: each trial trains seeds seed, seed+1, ... one after another (no ASHA)
+    resources: {cpu: 1, gpu: 0}             # per trial
+    max_concurrent: 1
+    max_failures: 0          # retries of a failed trial, from its last checkpoint
+    name: demo               # Ray run name (default: the file's stem); storage: default runs/sweeps
+
+With ``algo: optuna`` (TPE) and no ``points_to_evaluate``, the base config's own values of the swept keys
+(the paper's defaults in the provided spaces) are the first point, when they lie inside the space.
+Each trial is a plain Tune function (one process; no Ray Train) that calls ``verl_bench.train.train`` with
+``run_dir`` inside the trial's directory, reports every step with its HF checkpoint, and resumes from
+``ray.tune.get_checkpoint()`` after a failure or ``--resume``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from verl_bench.config import ConfigError, TrainConfig, _key_lines, _merge, from_dict, load_config
+
+SEARCH_SPACES = Path(__file__).resolve().parents[1] / "search_spaces"
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
+ALGOS = ("optuna", "random", "grid")
+SCHEDULERS = ("asha", "none")
+TOP_KEYS = ("base", "space", "search", "scheduler", "metric", "mode", "num_samples", "seed_repeats",
+            "resources", "max_concurrent", "max_failures", "name", "storage")
+# what verl_bench.train.train reports (val/* only at eval steps and the last step)
+KNOWN_METRICS = ("reward/mean", "reward/std", "accuracy", "response_length", "rank/er", "rank/erv", "rank/era",
+                 "verl/beta_mean", "verl/phi_mean", "verl/frac_shaped", "verl/lambda", "loss", "kl", "entropy",
+                 "clip_frac", "grad_norm", "tokens_per_s", "val/accuracy", "val/response_length")
+REPEAT_FILE = "sweep_repeat.json"  # inside a Tune checkpoint when seed_repeats > 1
+
+
+@dataclass
+class Dim:
+    key: str  # dotted TrainConfig key
+    kind: str  # one of DISTRIBUTIONS
+    args: list
+
+    def contains(self, v) -> bool:
+        if self.kind in ("choice", "grid"):
+            return v in self.args
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        if self.kind == "int" and not isinstance(v, int):
+            return False
+        return self.args[0] <= v <= self.args[1]
+
+
+@dataclass
+class SweepSpec:
+    source: str
+    base: dict  # a full, validated TrainConfig as a dict
+    space: list[Dim]
+    algo: str = "optuna"
+    search_seed: int | None = 0
+    points_to_evaluate: list[dict] = field(default_factory=list)  # dotted key -> value, complete points
+    scheduler: str = "none"
+    grace_period: int = 1
+    max_t: int | None = None
+    metric: str = "val/accuracy"
+    mode: str = "max"
+    num_samples: int = 1
+    seed_repeats: int = 1
+    cpu: float = 1.0
+    gpu: float = 0.0
+    max_concurrent: int = 1
+    max_failures: int = 0
+    name: str = "sweep"
+    storage: str | None = None
+
+    def trial_config(self, sampled: dict) -> TrainConfig:
+        """The base config with dotted ``sampled`` values applied, validated."""
+        return from_dict(TrainConfig, _merge(self.base, _nest(sampled)), source=f"{self.source} (sampled {sampled})")
+
+
+# ------------------------------------------------------------------------------------------ loading
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file; raises ConfigError naming file:line: key. Starts nothing."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: sweep file not found")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text)
+        lines = _key_lines(text) if raw else {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+
+    def where(key: str) -> str:
+        line = lines.get(key)
+        return f"{source}:{line}: {key}" if line else f"{source}: {key}"
+
+    def fail(key: str, why: str):
+        raise ConfigError(f"{where(key)}: {why}")
+
+    for key in raw:
+        if key not in TOP_KEYS:
+            close = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
+            fail(str(key), f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                           f"known keys: {sorted(TOP_KEYS)}")
+    for key in ("base", "space"):
+        if key not in raw:
+            raise ConfigError(f"{source}: missing required key {key!r}")
+
+    spec = SweepSpec(source=source, base={}, space=[], name=path.stem)
+    spec.base = _load_base(raw["base"], path, lines, where)
+
+    # --- scalars
+    def integer(key, lo, default):
+        v = raw.get(key, default)
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            fail(key, f"expected an integer >= {lo}, got {v!r}")
+        return v
+
+    spec.num_samples = integer("num_samples", 1, 1)
+    spec.seed_repeats = integer("seed_repeats", 1, 1)
+    spec.max_concurrent = integer("max_concurrent", 1, 1)
+    spec.max_failures = integer("max_failures", -1, 0)
+    spec.metric = raw.get("metric", spec.metric)
+    if not isinstance(spec.metric, str) or not (spec.metric in KNOWN_METRICS or spec.metric.startswith(
+            ("val/", "time/", "memory/"))):
+        close = difflib.get_close_matches(str(spec.metric), KNOWN_METRICS, n=1)
+        fail("metric", f"unknown metric {spec.metric!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                       f"train reports: {list(KNOWN_METRICS)}")
+    spec.mode = raw.get("mode", spec.mode)
+    if spec.mode not in ("max", "min"):
+        fail("mode", f"must be max or min, got {spec.mode!r}")
+    for key in ("name", "storage"):
+        if key in raw:
+            if not isinstance(raw[key], str) or not raw[key]:
+                fail(key, f"expected a non-empty string, got {raw[key]!r}")
+            setattr(spec, key, raw[key])
+    if spec.storage is not None and not os.path.isabs(spec.storage):
+        spec.storage = str((path.parent / spec.storage).resolve())
+
+    # --- space
+    space = raw["space"]
+    if not isinstance(space, dict) or not space:
+        fail("space", "expected a non-empty mapping of dotted config keys to distributions")
+    for key, dist in space.items():
+        spec.space.append(_parse_dim(spec, str(key), dist, f"space.{key}", where, fail))
+
+    # --- search
+    search = _section(raw, "search", ("algo", "seed", "points_to_evaluate"), fail)
+    spec.algo = search.get("algo", "optuna")
+    if spec.algo not in ALGOS:
+        fail("search.algo", f"must be one of {list(ALGOS)}, got {spec.algo!r}")
+    spec.search_seed = search.get("seed", 0)
+    if spec.search_seed is not None and (isinstance(spec.search_seed, bool) or not isinstance(spec.search_seed, int)):
+        fail("search.seed", f"expected an integer, got {spec.search_seed!r}")
+    for d in spec.space:
+        if spec.algo == "optuna" and d.kind == "grid":
+            fail(f"space.{d.key}", "grid is not supported with search.algo optuna (OptunaSearch rejects "
+                                   "grid_search); use choice, or search.algo grid/random")
+        if spec.algo == "optuna" and d.kind == "choice" and any(
+                v is not None and not isinstance(v, (bool, int, float, str)) for v in d.args):
+            fail(f"space.{d.key}", "Optuna choices must be scalars (numbers, strings, booleans)")
+        if spec.algo == "grid" and d.kind not in ("grid", "choice"):
+            fail(f"space.{d.key}", f"search.algo grid needs grid or choice values, got {d.kind}")
+    points = search.get("points_to_evaluate")
+    if points is not None:
+        if spec.algo == "grid":
+            fail("search.points_to_evaluate", "not used by grid search")
+        if not isinstance(points, list):
+            fail("search.points_to_evaluate", "expected a list of mappings")
+        keys = {d.key: d for d in spec.space}
+        for i, p in enumerate(points):
+            k = f"search.points_to_evaluate[{i}]"
+            if not isinstance(p, dict):
+                fail("search.points_to_evaluate", f"point {i} is not a mapping: {p!r}")
+            extra = sorted(set(map(str, p)) - set(keys))
+            missing = sorted(set(keys) - set(map(str, p)))
+            if extra:
+                fail("search.points_to_evaluate", f"point {i}: keys not in space: {extra}")
+            if missing and spec.algo == "optuna":
+                fail("search.points_to_evaluate", f"point {i}: Optuna needs every space key; missing {missing}")
+            for key, v in p.items():
+                if not keys[key].contains(v):
+                    fail("search.points_to_evaluate", f"point {i}: {key}={v!r} lies outside its space")
+            _check_config(spec, dict(p), where("search.points_to_evaluate"), k)
+            spec.points_to_evaluate.append(dict(p))
+    elif spec.algo == "optuna":
+        point = {d.key: _get_dotted(spec.base, d.key) for d in spec.space}
+        if all(d.contains(point[d.key]) for d in spec.space):
+            spec.points_to_evaluate = [point]  # the base config's (paper's) values are tried first
+
+    # --- scheduler
+    sched = _section(raw, "scheduler", ("kind", "grace_period", "max_t"), fail)
+    spec.scheduler = sched.get("kind", "none")
+    if spec.scheduler not in SCHEDULERS:
+        fail("scheduler.kind", f"must be one of {list(SCHEDULERS)}, got {spec.scheduler!r}")
+    spec.grace_period = sched.get("grace_period", 1)
+    spec.max_t = sched.get("max_t", spec.base["steps"])
+    for k in ("grace_period", "max_t"):
+        v = getattr(spec, k)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            fail(f"scheduler.{k}", f"expected an integer >= 1 (training steps), got {v!r}")
+    if spec.grace_period > spec.max_t:
+        fail("scheduler.grace_period", f"must be <= max_t ({spec.max_t})")
+    if spec.scheduler == "asha" and spec.seed_repeats > 1:
+        fail("seed_repeats", "seed_repeats > 1 runs seeds one after another inside a trial; ASHA would "
+                             "compare steps of different seeds: use scheduler kind none")
+
+    # --- resources
+    res = _section(raw, "resources", ("cpu", "gpu"), fail)
+    for k, lo in (("cpu", 0.0), ("gpu", 0.0)):
+        v = res.get(k, getattr(spec, k))
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (k == "cpu" and v == 0):
+            fail(f"resources.{k}", f"expected a number {'> 0' if k == 'cpu' else '>= 0'}, got {v!r}")
+        setattr(spec, k, float(v))
+    if spec.base["ray"]["num_workers"] != 1:
+        fail("base", "sweep trials run one process each: set ray.num_workers: 1 in the base config")
+    if spec.base["ray"]["use_gpu"] and spec.gpu == 0:
+        fail("resources.gpu", "the base config sets ray.use_gpu but the trials ask for no GPU")
+    return spec
+
+
+def check_resources(spec: SweepSpec, address: str | None = None) -> None:
+    """Fail before Ray starts when a local sweep asks for CPUs or GPUs this machine does not have."""
+    if address is not None:
+        return  # a remote cluster: Ray itself reports unschedulable trials
+    if spec.cpu > (os.cpu_count() or 1):
+        raise ConfigError(f"{spec.source}: resources.cpu: {spec.cpu:g} per trial but this machine has "
+                          f"{os.cpu_count()} CPUs")
+    if spec.gpu > 0:
+        import torch
+
+        have = torch.cuda.device_count()
+        if spec.gpu > have:
+            raise ConfigError(f"{spec.source}: resources.gpu: {spec.gpu:g} GPU(s) per trial but this machine "
+                              f"has {have}")
+
+
+def _section(raw: dict, name: str, keys: tuple, fail) -> dict:
+    sec = raw.get(name) or {}
+    if not isinstance(sec, dict):
+        fail(name, f"expected a mapping with keys {list(keys)}")
+    for k in sec:
+        if k not in keys:
+            close = difflib.get_close_matches(str(k), keys, n=1)
+            fail(f"{name}.{k}", f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                                f"known keys here: {list(keys)}")
+    return sec
+
+
+def _load_base(base, path: Path, lines: dict, where) -> dict:
+    def resolve(p: str) -> Path:
+        cand = Path(p)
+        if not cand.is_absolute() and not cand.is_file() and (path.parent / cand).is_file():
+            cand = path.parent / cand
+        if not cand.is_file():
+            raise ConfigError(f"{where('base')}: config file {p!r} not found (relative to the sweep file or cwd)")
+        return cand
+
+    if isinstance(base, str):
+        return load_config(resolve(base)).to_dict()
+    if not isinstance(base, dict):
+        raise ConfigError(f"{where('base')}: expected a config path or a TrainConfig mapping, got {base!r}")
+    base = dict(base)
+    start: dict = {}
+    if "from" in base:
+        start = load_config(resolve(str(base.pop("from")))).to_dict()
+    sub = {k[len("base."):]: v for k, v in lines.items() if k.startswith("base.")}
+    cfg = from_dict(TrainConfig, _merge(start, base), source=str(path), lines={f"{k}": v for k, v in sub.items()})
+    return cfg.to_dict()
+
+
+def _field_type(dotted: str):
+    """The type of a dotted TrainConfig leaf field, or a string saying why there is none."""
+    cls = TrainConfig
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            return f"{'.'.join(parts[:i])!r} is not a section"
+        names = [f.name for f in dataclasses.fields(cls)]
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1)
+            return f"not a TrainConfig key{f' (did you mean {close[0]!r}?)' if close else ''}; known here: {sorted(names)}"
+        cls = typing.get_type_hints(cls)[part]
+    if dataclasses.is_dataclass(cls):
+        return "is a section, not a value: name one of its keys"
+    return cls
+
+
+def _is_int_type(tp) -> bool:
+    if tp is int:
+        return True
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return bool(args) and all(a is int for a in args)
+
+
+def _parse_dim(spec: SweepSpec, key: str, dist, loc: str, where, fail) -> Dim:
+    tp = _field_type(key)
+    if isinstance(tp, str):
+        fail(loc, tp)
+    if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in DISTRIBUTIONS:
+        fail(loc, f"expected one distribution, e.g. {{uniform: [lo, hi]}}; one of {list(DISTRIBUTIONS)}, "
+                  f"got {dist!r}")
+    kind, args = next(iter(dist.items()))
+    if kind in ("uniform", "loguniform", "int"):
+        num = int if kind == "int" else (int, float)
+        if (not isinstance(args, list) or len(args) != 2
+                or any(isinstance(a, bool) or not isinstance(a, num) for a in args)):
+            fail(loc, f"{kind} needs [lo, hi] with {'integer' if kind == 'int' else 'numeric'} bounds, got {args!r}")
+        lo, hi = args
+        if not lo < hi and not (kind == "int" and lo == hi):
+            fail(loc, f"{kind} needs lo < hi, got {args!r}")
+        if kind == "loguniform" and lo <= 0:
+            fail(loc, f"loguniform needs lo > 0, got {args!r}")
+        if kind != "int" and _is_int_type(tp):
+            fail(loc, f"{key} is an integer: use {{int: [lo, hi]}}, not {kind}")
+        args = [float(lo), float(hi)] if kind != "int" else [lo, hi]
+        candidates = args
+    else:
+        if not isinstance(args, list) or not args:
+            fail(loc, f"{kind} needs a non-empty list of values, got {args!r}")
+        candidates = args
+    for v in candidates:  # every value a trial can get must build a valid TrainConfig
+        _check_config(spec, {key: v}, where(loc), loc)
+    return Dim(key, kind, list(args))
+
+
+def _check_config(spec: SweepSpec, sampled: dict, where: str, loc: str) -> None:
+    try:
+        spec.trial_config(sampled)
+    except ConfigError as e:
+        msg = str(e).split(": ", 1)[-1]
+        raise ConfigError(f"{where}: {sampled} gives an invalid config: {msg}") from None
+
+
+def _nest(dotted: dict) -> dict:
+    out: dict = {}
+    for key, v in dotted.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return out
+
+
+def _flat(d: dict, prefix: str = "", sep: str = ".") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}{sep}", sep))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _get_dotted(d: dict, key: str):
+    for p in key.split("."):
+        d = d[p]
+    return list(d) if isinstance(d, tuple) else d
+
+
+# ------------------------------------------------------------------------------------------ the trial
+def _trial(config: dict, sweep: dict) -> None:
+    """One Tune trial: train the sampled config (``seed_repeats`` seeds in turn), report every step."""
+    import ray.tune as tune
+
+    from verl_bench.train import latest_checkpoint, train
+
+    sampled = _flat(config)
+    base = sweep["base"]
+    metric, repeats = sweep["metric"], sweep["seed_repeats"]
+    cfg = from_dict(TrainConfig, _merge(base, _nest(sampled)), source=f"trial config {sampled}")
+    ctx = tune.get_context()
+    # the trial's folder in the sweep's storage (get_trial_dir() is a per-Ray-session staging copy that is
+    # only synced at the end, so a resumed trial would not see its own run there)
+    trial_dir = Path(sweep["experiment_path"]) / Path(ctx.get_trial_dir()).name
+    if cfg.threads is None:
+        cfg = dataclasses.replace(cfg, threads=max(1, int(sweep["cpu"])))
+
+    # where to resume: Tune's checkpoint (after a failure or --resume) names the repeat it belongs to
+    repeat, finals, resume_from = 0, [], None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume_from = Path(checkpoint.path)
+        state_file = resume_from / REPEAT_FILE
+        if state_file.is_file():
+            st = json.loads(state_file.read_text())
+            repeat, finals = st["repeat"], st["finals"]
+            if st["repeat"] != st["ckpt_repeat"]:  # the checkpoint ended the previous seed: start the next
+                resume_from = None
+
+    carried: dict = {}
+    while repeat < repeats:
+        run_cfg = dataclasses.replace(cfg, seed=cfg.seed + repeat,
+                                      run_dir=str(trial_dir / ("run" if repeats == 1 else f"run_seed{repeat}")))
+        latest: dict = {}
+        if resume_from is None and latest_checkpoint(run_cfg.run_dir) is None:
+            # a restarted trial that never checkpointed starts over: drop the rows of its first attempt
+            Path(run_cfg.run_dir, "metrics.jsonl").unlink(missing_ok=True)
+
+        def report(metrics: dict, ckpt_dir, _r=repeat, _latest=latest) -> None:
+            carried.update(metrics)  # every report carries the newest value of every key seen so far
+            if metric in metrics:
+                _latest["v"] = metrics[metric]
+            if metric not in carried:
+                return  # e.g. step 0 (validation only) before the first reward: merged into the next report
+            out = dict(carried)
+            if repeats > 1:
+                done = finals + ([_latest["v"]] if "v" in _latest else [])
+                out[f"{metric}/seed{_r}"] = _latest.get("v")
+                out[metric] = sum(done) / len(done)  # running mean over the seeds so far
+                out["repeat"] = _r
+            ckpt = None
+            if ckpt_dir is not None:
+                if repeats > 1:
+                    final = metrics["step"] == run_cfg.steps
+                    nxt = {"ckpt_repeat": _r, "repeat": _r + 1 if final else _r, "finals": finals + [_latest["v"]] if final else finals}
+                    (Path(ckpt_dir) / REPEAT_FILE).write_text(json.dumps(nxt))
+                ckpt = tune.Checkpoint.from_directory(str(ckpt_dir))
+            tune.report(_clean(out), checkpoint=ckpt)
+
+        train(run_cfg, report=report, resume_from=resume_from)
+        finals.append(latest.get("v", float("nan")))
+        repeat, resume_from = repeat + 1, None
+
+
+def _clean(m: dict) -> dict:
+    return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in m.items()
+            if isinstance(v, (int, float, str, bool)) or v is None}
+
+
+# ------------------------------------------------------------------------------------------ the sweep
+def _param_space(spec: SweepSpec) -> dict:
+    from ray import tune
+
+    flat = {}
+    for d in spec.space:
+        if d.kind == "uniform":
+            flat[d.key] = tune.uniform(*d.args)
+        elif d.kind == "loguniform":
+            flat[d.key] = tune.loguniform(*d.args)
+        elif d.kind == "int":
+            flat[d.key] = tune.randint(d.args[0], d.args[1] + 1)  # Tune's upper bound is exclusive
+        elif d.kind == "grid" or (d.kind == "choice" and spec.algo == "grid"):
+            flat[d.key] = tune.grid_search(list(d.args))
+        else:
+            flat[d.key] = tune.choice(list(d.args))
+    return _nest(flat)
+
+
+def _search_alg(spec: SweepSpec):
+    from ray.tune.search import BasicVariantGenerator, ConcurrencyLimiter
+
+    if spec.algo == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        points = [{k.replace(".", "/"): v for k, v in p.items()} for p in spec.points_to_evaluate]
+        return ConcurrencyLimiter(OptunaSearch(points_to_evaluate=points or None, seed=spec.search_seed),
+                                  max_concurrent=spec.max_concurrent)
+    points = [_nest(p) for p in spec.points_to_evaluate] or None
+    return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=spec.max_concurrent,
+                                 random_state=spec.search_seed)
+
+
+def _trainable(spec: SweepSpec, path: Path):
+    from ray import tune
+
+    payload = {"base": spec.base, "metric": spec.metric, "seed_repeats": spec.seed_repeats, "cpu": spec.cpu,
+               "experiment_path": str(path)}
+    fn = tune.with_parameters(_trial, sweep=payload)
+    return tune.with_resources(fn, {"cpu": spec.cpu, "gpu": spec.gpu})
+
+
+def experiment_path(spec: SweepSpec, storage: str | None = None, name: str | None = None) -> Path:
+    root = storage or spec.storage or "runs/sweeps"
+    return Path(root).resolve() / (name or spec.name)
+
+
+def run_sweep(space_path: str | Path, *, resume: bool = False, storage: str | None = None,
+              name: str | None = None, address: str | None = None):
+    """Validate ``space_path``, start (or join) Ray and run the sweep. Returns the Tune ResultGrid.
+
+    ``resume=True`` restores the experiment at ``storage/name`` (finished trials are kept, unfinished and
+    errored ones continue from their last checkpoint). Without ``address`` a local Ray is started.
+    """
+    spec = load_sweep(space_path)
+    check_resources(spec, address)
+    path = experiment_path(spec, storage, name)
+    if resume and not path.is_dir():
+        raise ConfigError(f"--resume: no sweep at {path}")
+
+    import ray
+    from ray import tune
+
+    from verl_bench.distributed import _PASSED_ENV
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}})
+    trainable = _trainable(spec, path)
+    if resume:
+        if not tune.Tuner.can_restore(str(path)):
+            raise ConfigError(f"--resume: {path} holds no restorable Tune experiment")
+        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+        return tuner.fit()
+
+    scheduler = None
+    if spec.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="step", max_t=spec.max_t, grace_period=spec.grace_period)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=_param_space(spec),
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
+                                    search_alg=_search_alg(spec), scheduler=scheduler),
+        run_config=tune.RunConfig(
+            name=path.name, storage_path=str(path.parent),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.base["keep_checkpoints"] or None),
+            verbose=1,
+        ),
+    )
+    return tuner.fit()
+
+
+# ------------------------------------------------------------------------------------------ CLI
+def _cmd_sweep(args) -> int:
+    spec = load_sweep(args.space)
+    check_resources(spec, args.address)
+    if args.dry_run:
+        print(f"{args.space}: ok -- {len(spec.space)} dimension(s), algo {spec.algo}, {spec.num_samples} "
+              f"sample(s) x {spec.seed_repeats} seed(s), scheduler {spec.scheduler}, metric {spec.metric} "
+              f"({spec.mode}); first points: {spec.points_to_evaluate}; "
+              f"results in {experiment_path(spec, args.storage, args.name)}")
+        return 0
+    grid = run_sweep(args.space, resume=args.resume, storage=args.storage, name=args.name, address=args.address)
+    errors = [r for r in grid if r.error]
+    try:
+        best = grid.get_best_result()
+        shown = {k: best.metrics.get(k) for k in (spec.metric, "step")}
+        print(f"best: {_flat(best.config)} -> {shown} ({best.path})")
+    except RuntimeError:
+        print("no trial reported the metric")
+    print(f"{len(grid)} trial(s), {len(errors)} failed: {grid.experiment_path}")
+    return 1 if errors else 0
+
+
+def add_sweep_parser(subparsers) -> None:
+    """Register ``verl-bench sweep`` on an argparse subparsers object."""
+    s = subparsers.add_parser("sweep", help="a Ray Tune hyper-parameter sweep from a search-space YAML")
+    s.add_argument("space", help="sweep file, e.g. search_spaces/demo.yaml")
+    s.add_argument("--resume", action="store_true", help="continue the sweep stored at storage/name")
+    s.add_argument("--storage", default=None, help="Tune storage folder (default: the file's, or runs/sweeps)")
+    s.add_argument("--name", default=None, help="run name (default: the file's, or its stem)")
+    s.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local Ray)")
+    s.add_argument("--dry-run", action="store_true", help="validate the file and print the plan")
+    s.set_defaults(fn=_cmd_sweep)
+
+
+if __name__ == "__main__":  # python -m verl_bench.sweep SPACE.yaml [...] (same flags as `verl-bench sweep`)
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="verl-bench")
+    add_sweep_parser(ap.add_subparsers(dest="cmd", required=True))
+    a = ap.parse_args(["sweep", *sys.argv[1:]])
+    try:
+        sys.exit(a.fn(a))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
