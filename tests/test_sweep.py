@@ -111,10 +111,9 @@ def test_bad_search_scheduler_and_resources(tmp_path):
 
 def test_errors_are_raised_before_ray_starts(tmp_path):
     import ray
+    import torch
 
     from verl_bench.sweep import run_sweep
-
-    import torch
 
     with pytest.raises(ConfigError, match="grid is not supported"):
         run_sweep(_write(tmp_path, space={"shaping.kappa": {"grid": [1.0, 2.0]}}))
@@ -125,16 +124,23 @@ def test_errors_are_raised_before_ray_starts(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ running (Ray)
-@pytest.mark.slow
-def test_optuna_asha_sweep_runs_every_trial(tmp_path):
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the in-process sweeps (run_sweep joins it instead of starting its own)."""
     import ray
 
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {k: v for k, v in os.environ.items()
+                                       if k in ("HF_HUB_OFFLINE", "VERL_BENCH_DATA", "TOKENIZERS_PARALLELISM")}})
+    yield
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_optuna_asha_sweep_runs_every_trial(tmp_path, local_ray):
     from verl_bench.sweep import run_sweep
 
-    try:
-        grid = run_sweep(_write(tmp_path))
-    finally:
-        ray.shutdown()
+    grid = run_sweep(_write(tmp_path))
     assert len(grid) == 3 and not grid.errors
     configs = [r.config["shaping"] for r in grid]
     assert {"kappa": 2.0, "tau": 0.0, "mode": "meta"} in configs  # the paper's point went first
@@ -148,6 +154,29 @@ def test_optuna_asha_sweep_runs_every_trial(tmp_path):
     assert best.metrics["rank/er"] == max(r.metrics["rank/er"] for r in grid)
 
 
+@pytest.mark.slow
+def test_grid_sweep_with_seed_repeats(tmp_path, local_ray):
+    import ray
+
+    from verl_bench.sweep import run_sweep
+
+    base = {**TINY_BASE, "steps": 2}
+    try:
+        grid = run_sweep(_write(tmp_path, base=base, space={"shaping.mode": {"grid": ["meta", "sum"]}},
+                                search={"algo": "grid"}, scheduler={"kind": "none"}, seed_repeats=2,
+                                max_concurrent=2, num_samples=1))
+    finally:
+        ray.shutdown()  # the next test starts its own Ray in a subprocess
+    assert len(grid) == 2 and not grid.errors
+    assert sorted(r.config["shaping"]["mode"] for r in grid) == ["meta", "sum"]
+    for r in grid:
+        seeds = [r.metrics_dataframe[f"rank/er/seed{i}"].dropna().iloc[-1] for i in (0, 1)]
+        assert r.metrics["rank/er"] == pytest.approx(sum(seeds) / 2)  # the mean over the seeds
+        assert seeds[0] != seeds[1]
+        for i in (0, 1):
+            assert _rows(Path(r.path) / f"run_seed{i}" / "metrics.jsonl") == [0, 1, 2]
+
+
 def _rows(path: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if line]
 
@@ -158,8 +187,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     exp = tmp_path / "store" / "tiny"
     env = {**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "verl_bench.sweep", str(spec)]
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     finished: list[Path] = []
     try:
         deadline = time.time() + 150
@@ -178,7 +207,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
         proc.wait()
     done = {p: p.stat().st_mtime_ns for p in finished}
 
-    out = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=150)
+    out = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=150, check=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "3 trial(s), 0 failed" in out.stdout
     assert "resumed from" in out.stdout + out.stderr  # the interrupted trial continued from its checkpoint

@@ -3,6 +3,7 @@
     verl-bench train CONFIG.yaml [--set key=value ...] [--ray] [--resume CKPT]
     verl-bench demo                  # the embedded default: SmolLM2-135M-Instruct, offline, CPU
     verl-bench rank MODEL [...]      # sample responses and print their ER / ERV / ERA
+    verl-bench sweep SPACE.yaml [--resume] [--address ADDR] [--storage PATH] [--name NAME]
 """
 
 from __future__ import annotations
@@ -100,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--window", type=int, default=512)
     r.add_argument("--seed", type=int, default=0)
     r.set_defaults(fn=_cmd_rank)
+
+    from verl_bench.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
 
     args = ap.parse_args(argv)
     try:

@@ -42,7 +42,6 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -392,7 +391,7 @@ def _get_dotted(d: dict, key: str):
 # ------------------------------------------------------------------------------------------ the trial
 def _trial(config: dict, sweep: dict) -> None:
     """One Tune trial: train the sampled config (``seed_repeats`` seeds in turn), report every step."""
-    import ray.tune as tune
+    from ray import tune
 
     from verl_bench.train import latest_checkpoint, train
 
@@ -428,7 +427,7 @@ def _trial(config: dict, sweep: dict) -> None:
             # a restarted trial that never checkpointed starts over: drop the rows of its first attempt
             Path(run_cfg.run_dir, "metrics.jsonl").unlink(missing_ok=True)
 
-        def report(metrics: dict, ckpt_dir, _r=repeat, _latest=latest) -> None:
+        def report(metrics: dict, ckpt_dir, _r=repeat, _latest=latest, _steps=run_cfg.steps) -> None:
             carried.update(metrics)  # every report carries the newest value of every key seen so far
             if metric in metrics:
                 _latest["v"] = metrics[metric]
@@ -443,8 +442,9 @@ def _trial(config: dict, sweep: dict) -> None:
             ckpt = None
             if ckpt_dir is not None:
                 if repeats > 1:
-                    final = metrics["step"] == run_cfg.steps
-                    nxt = {"ckpt_repeat": _r, "repeat": _r + 1 if final else _r, "finals": finals + [_latest["v"]] if final else finals}
+                    final = metrics["step"] == _steps
+                    nxt = {"ckpt_repeat": _r, "repeat": _r + 1 if final else _r,
+                           "finals": [*finals, _latest["v"]] if final else finals}
                     (Path(ckpt_dir) / REPEAT_FILE).write_text(json.dumps(nxt))
                 ckpt = tune.Checkpoint.from_directory(str(ckpt_dir))
             tune.report(_clean(out), checkpoint=ckpt)
