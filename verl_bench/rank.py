@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["effective_rank", "rank_dynamics", "er_from_eigenvalues", "velocity_acceleration"]
+__all__ = ["effective_rank", "er_from_eigenvalues", "rank_dynamics", "velocity_acceleration"]
 
 _P_EPS = 1e-8  # METHOD.md: p = s / (sum s + 1e-8), log(p + 1e-8)
 
@@ -66,7 +66,7 @@ def _centred_gram(gram: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
 
 def _er_of_rows(rows: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """ER of zero-padded (B, L, D) rows in the compute dtype, by the smaller of Gram and covariance."""
-    b, length, dim = rows.shape
+    _, length, dim = rows.shape
     if length <= dim:
         gram = _centred_gram(rows @ rows.transpose(1, 2), lengths)
     else:

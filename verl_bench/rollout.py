@@ -35,7 +35,7 @@ class Rollout:
     def response_lengths(self) -> torch.Tensor:
         return self.response_mask.sum(dim=1)
 
-    def to(self, device) -> "Rollout":
+    def to(self, device) -> Rollout:
         return Rollout(
             self.prompt_ids.to(device), self.prompt_mask.to(device), self.response_ids.to(device),
             self.response_mask.to(device), self.group_ids.to(device), self.texts,

@@ -19,9 +19,9 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ class World:
     size: int = 1
 
     @classmethod
-    def current(cls) -> "World":
+    def current(cls) -> World:
         if dist.is_available() and dist.is_initialized():
             return cls(dist.get_rank(), dist.get_world_size())
         return cls()
@@ -200,7 +200,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
     if cfg.algo.kl_coef > 0:
         ref_model, _ = load_model(cfg.model, dtype=dtype, device=device)
         ref_model.requires_grad_(False).eval()
-    render = lambda q: data_lib.render_prompt(cfg.data.template, q, tokenizer)  # noqa: E731
+    render = lambda q: data_lib.render_prompt(cfg.data.template, q, tokenizer)
     train_prompts = [render(p.question) for p in train_set]
     eval_prompts = [render(p.question) for p in eval_set]
 
@@ -241,8 +241,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
             report(metrics, None)
         _append_jsonl(world, run_dir, metrics)
 
-    steps_this_call = 0
-    for step in range(start_step + 1, cfg.steps + 1):
+    for steps_this_call, step in enumerate(range(start_step + 1, cfg.steps + 1), start=1):
         t0 = time.perf_counter()
         policy.train()
         # 1. sample: this worker's shard of the step's prompts
@@ -349,7 +348,6 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
         _append_jsonl(world, run_dir, metrics)
         if report:
             report(metrics, ckpt_dir)
-        steps_this_call += 1
         if stop_after is not None and steps_this_call >= stop_after:
             break
     return metrics
