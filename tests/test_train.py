@@ -139,3 +139,15 @@ def test_ray_train_torchtrainer(tmp_path, workers):
     # every worker sampled its own shard: the global batch holds prompts_per_step * n responses
     rows = _rows(Path(cfg.run_dir))
     assert rows[-1]["step"] == 2
+
+
+def test_prompt_stream_epochs_and_resume_position():
+    from verl_bench.train import PromptStream
+
+    stream = PromptStream(7, seed=3)
+    first = stream.take(7)
+    assert sorted(first) == list(range(7))  # one epoch = a permutation: every problem once
+    second = stream.take(7)
+    assert sorted(second) == list(range(7)) and second != first  # a fresh shuffle per epoch
+    resumed = PromptStream(7, seed=3, position=5)  # a checkpoint stores only the position
+    assert resumed.take(9) == (first + second)[5:14]

@@ -81,11 +81,14 @@ class PromptStream:
 
     def __init__(self, n: int, seed: int, position: int = 0):
         self.n, self.seed, self.position = n, seed, position
+        self._epoch, self._epoch_order = -1, []
 
     def _order(self, epoch: int) -> list[int]:
-        order = list(range(self.n))
-        random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
-        return order
+        if epoch != self._epoch:  # one shuffle per epoch, a pure function of (seed, epoch)
+            self._epoch_order = list(range(self.n))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(self._epoch_order)
+            self._epoch = epoch
+        return self._epoch_order
 
     def take(self, k: int) -> list[int]:
         out = []
