@@ -113,7 +113,7 @@ class TrainConfig:
             (self.rollout.n >= 1, "rollout.n", "must be >= 1"),
             (self.rollout.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1"),
             (self.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1"),
-            (self.rollout.temperature >= 0, "rollout.temperature", "must be >= 0"),
+            (self.rollout.temperature > 0, "rollout.temperature", "must be > 0 (GRPO samples; greedy is for evaluation)"),
             (0 < self.rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]"),
             (self.algo.lr > 0, "algo.lr", "must be > 0"),
             (self.algo.clip_low > 0, "algo.clip_low", "must be > 0"),

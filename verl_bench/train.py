@@ -266,7 +266,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
         with torch.set_grad_enabled(single_update):
             out = policy_forward(model, rollout, chunk_tokens=cfg.logits_chunk_tokens,
                                  with_entropy=cfg.algo.entropy_coef > 0 and single_update,
-                                 temperature=max(cfg.rollout.temperature, 1e-6), micro_batch=cfg.micro_batch)
+                                 temperature=cfg.rollout.temperature, micro_batch=cfg.micro_batch)
         old_logp = out.logprobs.detach()
 
         # 4. rank metrics of each response (float64 Gram route; see verl_bench.rank)
@@ -299,7 +299,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
             if not single_update:
                 out = policy_forward(model, _select(rollout, mb), chunk_tokens=cfg.logits_chunk_tokens,
                                      with_entropy=cfg.algo.entropy_coef > 0,
-                                     temperature=max(cfg.rollout.temperature, 1e-6), micro_batch=cfg.micro_batch)
+                                     temperature=cfg.rollout.temperature, micro_batch=cfg.micro_batch)
             sel = slice(None) if single_update else mb.to(device)
             loss, stats = policy_loss(
                 out.logprobs, old_logp[sel], adv[sel], mask[sel], clip_low=cfg.algo.clip_low,
