@@ -1,11 +1,14 @@
-"""Time one GRPO step of the embedded default, side by side: the lean settings vs the naive ones.
+"""Time one GRPO step of the embedded default, side by side: lean and shared-prompt settings vs naive.
 
     python benchmarks/grpo_step.py [--steps 3]
 
 Each variant runs the demo config (SmolLM2-135M-Instruct, 4 prompts x 8 samples x <= 64 new tokens) for a
 few steps in its own process, so its peak RSS is its own. Variants:
-  naive  full-batch scoring padded to the longest response, one LM-head chunk, no gradient checkpointing
-  lean   length-grouped micro-batches of 8, 512-row LM-head chunks, gradient checkpointing (the defaults)
+  naive   model.generate rollouts; whole-batch scoring padded to the longest response, one LM-head chunk
+  lean    cached sampler (shared prefill, finished samples leave the batch); length-grouped micro-batches
+          of 8, 512-row LM-head chunks, gradient checkpointing (lowest memory)
+  shared  cached sampler; each prompt scored once per micro-batch with its KV cache shared by its samples,
+          no gradient checkpointing (fastest)
 Prints median step / generate / update times and peak RSS, the ratios, and appends to
 benchmarks/results/grpo_step.jsonl.
 """
@@ -24,8 +27,10 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "grpo_step.jsonl"
 VARIANTS = {
-    "naive": ["micro_batch=null", "gradient_checkpointing=false", "logits_chunk_tokens=1000000"],
-    "lean": ["micro_batch=8", "gradient_checkpointing=true"],
+    "naive": ["rollout.engine=hf", "micro_batch=null", "gradient_checkpointing=false",
+              "logits_chunk_tokens=1000000", "share_prompt=false"],
+    "lean": ["rollout.engine=cached", "micro_batch=8", "gradient_checkpointing=true", "share_prompt=false"],
+    "shared": ["rollout.engine=cached", "micro_batch=16", "gradient_checkpointing=false", "share_prompt=true"],
 }
 
 
@@ -55,17 +60,20 @@ def main(argv=None):
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args(argv)
     out = {name: run_variant(name, args.steps, args.set) for name in VARIANTS}
-    n, lean = out["naive"], out["lean"]
+    base = out["naive"]
     row = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "threads": os.cpu_count(),
-           **{f"{k}_{m}": v for k, r in out.items() for m, v in r.items()},
-           "step_speedup": round(n["step_s"] / lean["step_s"], 2),
-           "update_speedup": round(n["update_s"] / lean["update_s"], 2),
-           "rss_ratio": round(n["peak_rss_gb"] / lean["peak_rss_gb"], 2)}
+           **{f"{k}_{m}": v for k, r in out.items() for m, v in r.items()}}
     for name, r in out.items():
-        print(f"{name:6s} step {r['step_s']:6.1f} s (generate {r['generate_s']:5.1f}, update {r['update_s']:5.1f}) "
+        print(f"{name:7s} step {r['step_s']:6.1f} s (generate {r['generate_s']:5.1f}, update {r['update_s']:5.1f}) "
               f"| peak RSS {r['peak_rss_gb']:4.1f} GB | mean response {r['response_length']:.0f} tokens")
-    print(f"lean vs naive: step {row['step_speedup']}x, update {row['update_speedup']}x, "
-          f"peak RSS {row['rss_ratio']}x lower")
+        if name != "naive":
+            row[f"{name}_step_speedup"] = round(base["step_s"] / r["step_s"], 2)
+            row[f"{name}_generate_speedup"] = round(base["generate_s"] / r["generate_s"], 2)
+            row[f"{name}_update_speedup"] = round(base["update_s"] / r["update_s"], 2)
+            row[f"{name}_rss_ratio"] = round(base["peak_rss_gb"] / r["peak_rss_gb"], 2)
+            print(f"        vs naive: step {row[f'{name}_step_speedup']}x, generate "
+                  f"{row[f'{name}_generate_speedup']}x, update {row[f'{name}_update_speedup']}x, "
+                  f"peak RSS {row[f'{name}_rss_ratio']}x lower")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as f:
         f.write(json.dumps(row) + "\n")

@@ -7,7 +7,13 @@ import torch
 
 from verl_bench.models import load_model
 from verl_bench.policy import policy_forward
-from verl_bench.rollout import HFGenerateEngine, SamplingParams, response_mask_from_ids
+from verl_bench.rollout import (
+    CachedSamplingEngine,
+    HFGenerateEngine,
+    SamplingParams,
+    response_mask_from_ids,
+    sample_tokens,
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +86,28 @@ def test_length_grouped_micro_batches_change_nothing(tiny):
     model.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("micro_batch", [None, 5])
+def test_shared_prompt_scoring_is_exact(tiny, micro_batch):
+    model, tok = tiny
+    roll = _rollout(model, tok, n=4, max_new_tokens=10)
+    lengths = torch.tensor([10, 3, 7, 1, 10, 5, 9, 2])
+    roll.response_mask = torch.arange(roll.response_ids.shape[1])[None, :] < lengths[:, None]
+    roll.response_ids = torch.where(roll.response_mask, roll.response_ids, tok.pad_token_id)
+    results = []
+    for share in (False, True):
+        model.zero_grad(set_to_none=True)
+        out = policy_forward(model, roll, with_entropy=True, micro_batch=micro_batch, share_prompt=share)
+        (out.logprobs.sum() + out.entropy.sum()).backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((out, grad))
+    (plain, g_plain), (shared, g_shared) = results
+    torch.testing.assert_close(shared.logprobs, plain.logprobs, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared.entropy, plain.entropy, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(shared.hidden, plain.hidden, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_shared, g_plain, rtol=1e-4, atol=1e-5)  # gradients reach the prompt too
+    model.zero_grad(set_to_none=True)
+
+
 def test_sampling_logprobs_with_temperature(tiny):
     model, tok = tiny
     roll = _rollout(model, tok, temperature=0.5)
@@ -106,3 +134,57 @@ def test_response_mask_stops_after_first_eos():
     ids = torch.tensor([[5, 6, 2, 2, 2], [5, 2, 7, 2, 9], [5, 6, 7, 8, 9]])
     mask = response_mask_from_ids(ids, [2])
     assert mask.int().tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 1, 1]]  # EOS itself counts
+
+
+def _chat(tok, prompts):
+    return [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts]
+
+
+def test_cached_engine_greedy_equals_hf_generate(tiny):
+    model, tok = tiny
+    prompts = _chat(tok, ["What is 2 + 2?", "A much longer prompt about apples, pears and other fruits?"])
+    params = SamplingParams(n=2, temperature=0.0, max_new_tokens=12)
+    ref = HFGenerateEngine(model, tok).generate(prompts, params)
+    ours = CachedSamplingEngine(model, tok).generate(prompts, params)
+    assert torch.equal(ours.prompt_ids, ref.prompt_ids) and torch.equal(ours.group_ids, ref.group_ids)
+    assert torch.equal(ours.response_mask, ref.response_mask)
+    assert torch.equal(ours.response_ids, ref.response_ids)
+
+
+def test_cached_engine_drops_finished_samples_and_keeps_the_layout(tiny):
+    model, tok = tiny
+    # make EOS likely (~15% a step) so samples end at different lengths: a hook adds +9 to its logit
+    eos = tok.eos_token_id
+    bias = torch.zeros(model.config.vocab_size)
+    bias[eos] = 9.0
+    hook = model.get_output_embeddings().register_forward_hook(lambda mod, inp, out: out + bias)
+    try:
+        torch.manual_seed(1)
+        roll = CachedSamplingEngine(model, tok).generate(_chat(tok, ["hi", "hello there"]),
+                                                         SamplingParams(n=6, temperature=1.0, max_new_tokens=16))
+    finally:
+        hook.remove()
+    lengths = roll.response_lengths
+    assert lengths.min() < lengths.max()  # some samples ended early
+    m = roll.response_mask.int()
+    assert torch.all(m[:, 1:] <= m[:, :-1])  # right-padded, contiguous
+    for ids, n in zip(roll.response_ids, lengths.tolist()):
+        if n < 16:  # a sample shorter than the budget ended with EOS, then only padding
+            assert ids[n - 1] == eos and (ids[n:] == tok.pad_token_id).all()
+    out = policy_forward(model, roll)
+    assert torch.isfinite(out.logprobs).all()
+
+
+def test_top_p_nucleus_sampling():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    logits = probs.log().expand(20000, 4)
+    torch.manual_seed(0)
+    draws = sample_tokens(logits, temperature=1.0, top_p=0.7)
+    counts = torch.bincount(draws, minlength=4).float() / draws.numel()
+    # the nucleus is {0, 1} (0.5 < 0.7 <= 0.8), renormalised to 0.625 / 0.375
+    assert counts[2] == 0 and counts[3] == 0
+    assert abs(counts[0].item() - 0.625) < 0.02
+    full = torch.bincount(sample_tokens(logits, temperature=1.0), minlength=4).float() / 20000
+    assert abs(full[2].item() - 0.15) < 0.02  # top_p = 1: the whole distribution
+    assert torch.equal(sample_tokens(logits[:3], temperature=0.0), torch.zeros(3, dtype=torch.long))

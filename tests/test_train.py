@@ -151,3 +151,20 @@ def test_prompt_stream_epochs_and_resume_position():
     assert sorted(second) == list(range(7)) and second != first  # a fresh shuffle per epoch
     resumed = PromptStream(7, seed=3, position=5)  # a checkpoint stores only the position
     assert resumed.take(9) == (first + second)[5:14]
+
+
+@pytest.mark.parametrize("mini_batches", [1, 2])
+def test_kl_entropy_minibatches_and_shared_prompt_path(tmp_path, alternating_grader, mini_batches):
+    cfg = _cfg(tmp_path, "kl", "steps=2", "share_prompt=true", "algo.kl_coef=0.05", "algo.entropy_coef=0.01",
+               f"algo.mini_batches={mini_batches}")
+    rows = []
+    train(cfg, report=lambda m, c: rows.append(m))
+    first, second = rows[1], rows[2]
+    if mini_batches == 1:
+        assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # one update per batch: it IS the reference
+    else:
+        assert first["kl"] > 0  # the second mini-batch is scored after the first optimizer step
+    assert second["kl"] > 0  # after an update the policy has moved away from the frozen reference
+    assert second["entropy"] > 0
+    with pytest.raises(ConfigError, match="share_prompt: cannot be combined with gradient_checkpointing"):
+        load_config(None, ["share_prompt=true", "gradient_checkpointing=true"])

@@ -37,7 +37,7 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["hf", "vllm"] = "hf"
+    engine: Literal["cached", "hf"] = "cached"  # cached: shared prefill, finished samples leave the batch
     prompts_per_step: int = 4  # across all workers
     n: int = 8  # samples per prompt (the GRPO group)
     temperature: float = 1.0
@@ -95,6 +95,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     logits_chunk_tokens: int = 512  # LM-head rows per chunk: 512 x 49k vocab x 4 B = 100 MB of logits at a time
     micro_batch: int | None = 8  # responses per scoring micro-batch, grouped by length (None: all at once)
+    share_prompt: bool = False  # score each prompt once per micro-batch, its KV cache shared by its samples
+    #                             (exact; HF turns caches off under gradient checkpointing, so not with it)
     threads: int | None = None  # torch CPU threads (None: torch's default)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -126,6 +128,8 @@ class TrainConfig:
              f"must be a multiple of ray.num_workers ({self.ray.num_workers})"),
             (self.algo.mini_batches <= self.rollout.prompts_per_step * self.rollout.n, "algo.mini_batches",
              "must not exceed the responses per step"),
+            (not (self.share_prompt and self.gradient_checkpointing), "share_prompt",
+             "cannot be combined with gradient_checkpointing (HF disables KV caches under it)"),
         ]
         for ok, key, why in checks:
             if not ok:

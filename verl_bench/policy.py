@@ -9,6 +9,7 @@ position (that tensor alone is N x T x 49k floats).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -45,42 +46,88 @@ class ResponseScorer(torch.nn.Module):
         self.lm = lm
 
     def forward(self, input_ids, attention_mask, prompt_len: int, targets, mask, chunk_tokens: int = 4096,
-                with_entropy: bool = False, temperature: float = 1.0, micro_batch: int | None = None):
+                with_entropy: bool = False, temperature: float = 1.0, micro_batch: int | None = None,
+                group_ids=None):
         """(logprobs (N, R), entropy (N, R) or None, hidden (N, R, D) detached) for a whole rollout.
 
         Rows are scored in micro-batches of similar response length, each cut to its own widths, so a batch
         with one long response does not pay for padding everywhere; the LM head only sees real response rows.
-        The micro-batches live inside this one ``forward`` so that DDP sees a single pass.
+        With ``group_ids`` (rows sharing a prompt share an id), each prompt is run once per micro-batch and
+        its KV cache is shared by its samples: exact (gradients reach the prompt through every sample) and,
+        with n samples per prompt, about n times less prompt work. The micro-batches live inside this one
+        ``forward`` so that DDP sees a single pass.
         """
         n, r = targets.shape
         lengths = mask.sum(dim=1)
-        order = torch.argsort(lengths, descending=True, stable=True)
         step = micro_batch or n
+        if group_ids is None:
+            order = torch.argsort(lengths, descending=True, stable=True)
+            batches = [order[i : i + step] for i in range(0, n, step)]
+        else:  # whole groups per micro-batch, longest groups first
+            uniq, inverse = torch.unique(group_ids, return_inverse=True)
+            group_len = torch.zeros(len(uniq), dtype=lengths.dtype, device=lengths.device)
+            group_len = group_len.scatter_reduce(0, inverse, lengths, reduce="amax")
+            batches, current = [], []
+            for g in torch.argsort(group_len, descending=True, stable=True).tolist():
+                rows = (inverse == g).nonzero().squeeze(1)
+                if current and sum(len(c) for c in current) + len(rows) > step:
+                    batches.append(torch.cat(current))
+                    current = []
+                current.append(rows)
+            if current:
+                batches.append(torch.cat(current))
         logp_parts, ent_parts, hidden_parts = [], [], []
-        for start in range(0, n, step):
-            idx = order[start : start + step]
+        for idx in batches:
             r_mb = max(int(lengths[idx].max()), 1)
             first = int(attention_mask[idx, :prompt_len].any(dim=0).int().argmax())  # drop all-pad prompt columns
-            cols = slice(first, prompt_len + r_mb)
-            lp, ent, hid = self._score(input_ids[idx, cols], attention_mask[idx, cols], prompt_len - first,
-                                       targets[idx, :r_mb], mask[idx, :r_mb], chunk_tokens, with_entropy, temperature)
+            ids, attn = input_ids[idx, first : prompt_len + r_mb], attention_mask[idx, first : prompt_len + r_mb]
+            p = prompt_len - first
+            if group_ids is None:
+                rows = self._rows(ids, attn, p, r_mb)
+            else:
+                rows = self._rows_shared_prompt(ids, attn, p, r_mb, group_ids[idx])
+            lp, ent = self._head(rows, targets[idx, :r_mb], mask[idx, :r_mb], chunk_tokens, with_entropy,
+                                 temperature)
             pad = r - r_mb
             logp_parts.append(torch.nn.functional.pad(lp, (0, pad)))
             ent_parts.append(torch.nn.functional.pad(ent, (0, pad)) if with_entropy else None)
-            hidden_parts.append(torch.nn.functional.pad(hid, (0, 0, 0, pad)))
-        inverse = torch.argsort(order)
-        logprobs = torch.cat(logp_parts)[inverse]
-        entropy = torch.cat(ent_parts)[inverse] if with_entropy else None
-        return logprobs, entropy, torch.cat(hidden_parts)[inverse]
+            hidden = rows.detach() * mask[idx, :r_mb, None].to(rows.dtype)
+            hidden_parts.append(torch.nn.functional.pad(hidden, (0, 0, 0, pad)))
+        inverse_order = torch.argsort(torch.cat(batches))
+        logprobs = torch.cat(logp_parts)[inverse_order]
+        entropy = torch.cat(ent_parts)[inverse_order] if with_entropy else None
+        return logprobs, entropy, torch.cat(hidden_parts)[inverse_order]
 
-    def _score(self, input_ids, attention_mask, prompt_len, targets, mask, chunk_tokens, with_entropy,
-               temperature):
-        body, head = decoder_and_head(self.lm)
+    def _rows(self, ids, attn, p, r):
+        """Post-norm last-layer states that sampled response tokens 0..r-1 (row j at column p-1+j)."""
+        body, _ = decoder_and_head(self.lm)
         # position ids count real tokens only, so left padding does not shift positions
-        position_ids = (attention_mask.long().cumsum(dim=1) - 1).clamp_min(0)
-        out = body(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-        r = targets.shape[1]
-        rows = out.last_hidden_state[:, prompt_len - 1 : prompt_len - 1 + r]  # row j sampled token j
+        position_ids = (attn.long().cumsum(dim=1) - 1).clamp_min(0)
+        out = body(input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False)
+        return out.last_hidden_state[:, p - 1 : p - 1 + r]
+
+    def _rows_shared_prompt(self, ids, attn, p, r, group_ids):
+        """The same rows, running each distinct prompt once and sharing its KV cache with its samples."""
+        body, _ = decoder_and_head(self.lm)
+        uniq, row_group = torch.unique(group_ids, return_inverse=True)
+        first_row = torch.zeros(len(uniq), dtype=torch.long, device=ids.device).scatter_(
+            0, row_group, torch.arange(len(row_group), device=ids.device))
+        p_ids, p_attn = ids[first_row, :p], attn[first_row, :p]
+        p_pos = (p_attn.long().cumsum(dim=1) - 1).clamp_min(0)
+        out = body(input_ids=p_ids, attention_mask=p_attn, position_ids=p_pos, use_cache=True)
+        last = out.last_hidden_state[row_group, -1:]  # the state that sampled response token 0
+        if r == 1:
+            return last
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        cache.batch_select_indices(row_group)  # gather: gradients flow back to the prompt once per sample
+        r_pos = p_pos[row_group, -1:] + 1 + torch.arange(r - 1, device=ids.device)
+        kw = {"cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values": cache}
+        rest = body(input_ids=ids[:, p : p + r - 1], attention_mask=attn[:, : p + r - 1], position_ids=r_pos,
+                    use_cache=True, **kw)
+        return torch.cat([last, rest.last_hidden_state], dim=1)
+
+    def _head(self, rows, targets, mask, chunk_tokens, with_entropy, temperature):
+        _, head = decoder_and_head(self.lm)
         keep = mask.reshape(-1).nonzero().squeeze(1)  # the LM head never runs on padding
         flat_rows = rows.reshape(-1, rows.shape[-1])[keep]
         flat_targets = targets.reshape(-1)[keep]
@@ -101,7 +148,7 @@ class ResponseScorer(torch.nn.Module):
         if with_entropy:
             entropy = rows.new_zeros(targets.numel(), dtype=torch.float32).index_put((keep,), _cat(ents))
             entropy = entropy.view_as(targets)
-        return logprobs.view_as(targets), entropy, rows.detach() * mask[:, :, None].to(rows.dtype)
+        return logprobs.view_as(targets), entropy
 
 
 def _cat(parts):
@@ -110,7 +157,7 @@ def _cat(parts):
 
 def policy_forward(
     model, rollout: Rollout, *, chunk_tokens: int = 4096, with_entropy: bool = False,
-    temperature: float = 1.0, micro_batch: int | None = None,
+    temperature: float = 1.0, micro_batch: int | None = None, share_prompt: bool = False,
 ) -> PolicyOutput:
     """Forward the policy over prompt+response. Gradients flow into ``logprobs`` when grad is enabled.
 
@@ -123,7 +170,7 @@ def policy_forward(
     logprobs, entropy, hidden = scorer(
         rollout.input_ids.to(device), rollout.attention_mask.to(device), rollout.prompt_ids.shape[1],
         rollout.response_ids.to(device), rollout.response_mask.to(device), chunk_tokens, with_entropy,
-        temperature, micro_batch,
+        temperature, micro_batch, rollout.group_ids.to(device) if share_prompt else None,
     )
     return PolicyOutput(logprobs=logprobs, hidden=hidden, entropy=entropy)
 

@@ -8,6 +8,7 @@ can implement the same interface where vLLM is installed.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -102,6 +103,87 @@ class HFGenerateEngine:
             [ids[m] for ids, m in zip(response_ids, response_mask)], skip_special_tokens=True
         )
         return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_ids, texts)
+
+
+class CachedSamplingEngine:
+    """A lean sampler: each prompt is prefilled once for its n samples, finished samples leave the batch.
+
+    ``model.generate`` prefills every copy of a prompt and keeps decoding finished rows until the longest
+    sample ends; on a CPU, where a decode step costs about the same for 1 or 32 rows plus a per-row share,
+    dropping finished rows and sharing the prefill is most of the rollout time (benchmarks/grpo_step.py).
+    Sampling is plain temperature + top-p (nucleus) over the model's logits, like the HF engine with
+    ``top_k=0``.
+    """
+
+    def __init__(self, model, tokenizer):
+        self.model = model
+        self.tokenizer = tokenizer
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], params: SamplingParams) -> Rollout:
+        tok, model = self.tokenizer, self.model
+        device = next(model.parameters()).device
+        enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        ids, attn = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        eos = torch.tensor(_eos_ids(model, tok), device=device)
+        was_training = model.training
+        model.eval()
+        try:
+            pos = (attn.cumsum(dim=1) - 1).clamp_min(0)
+            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1)
+            rows = torch.arange(len(prompts), device=device).repeat_interleave(params.n)
+            cache = out["cache"] if "cache" in out else out["past_key_values"]
+            # transformers renamed the forward argument past_key_values -> cache (5.2x); accept both
+            cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+            cache.batch_select_indices(rows)  # one prefill per prompt, shared by its n samples
+            logits = out.logits[rows, -1]
+            attn, next_pos = attn[rows], pos[rows, -1] + 1
+            total = rows.numel()
+            tokens = torch.full((total, params.max_new_tokens), tok.pad_token_id, dtype=ids.dtype, device=device)
+            active = torch.arange(total, device=device)  # which samples are still being generated
+            width = 0
+            for t in range(params.max_new_tokens):
+                nxt = sample_tokens(logits, params.temperature, params.top_p)
+                tokens[active, t] = nxt
+                width = t + 1
+                keep = ~torch.isin(nxt, eos)
+                if t == params.max_new_tokens - 1 or not keep.any():
+                    break
+                if not keep.all():  # finished samples leave the batch (and the KV cache)
+                    kept = keep.nonzero().squeeze(1)
+                    active, nxt, attn, next_pos = active[kept], nxt[kept], attn[kept], next_pos[kept]
+                    cache.batch_select_indices(kept)
+                attn = torch.cat([attn, attn.new_ones(attn.shape[0], 1)], dim=1)
+                out = model(input_ids=nxt[:, None], attention_mask=attn, position_ids=next_pos[:, None],
+                            use_cache=True, **{cache_kw: cache})
+                logits = out.logits[:, -1]
+                next_pos = next_pos + 1
+        finally:
+            model.train(was_training)
+        response_ids = tokens[:, :width].cpu()
+        response_mask = response_mask_from_ids(response_ids, eos.tolist())
+        response_ids = torch.where(response_mask, response_ids, tok.pad_token_id)
+        prompt_ids = enc["input_ids"].repeat_interleave(params.n, dim=0)
+        prompt_mask = enc["attention_mask"].bool().repeat_interleave(params.n, dim=0)
+        group_ids = torch.arange(len(prompts)).repeat_interleave(params.n)
+        texts = tok.batch_decode([r[m] for r, m in zip(response_ids, response_mask)], skip_special_tokens=True)
+        return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_ids, texts)
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
+    """One token per row: argmax at temperature 0, else softmax(logits / T) restricted to the top-p nucleus."""
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_p.cumsum(dim=-1) - sorted_p > top_p  # keep the smallest prefix reaching top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1).squeeze(1)
+
+
+ENGINES = {"hf": HFGenerateEngine, "cached": CachedSamplingEngine}
 
 
 def response_mask_from_ids(response_ids: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:

@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +35,7 @@ from verl_bench.grpo import policy_loss
 from verl_bench.models import load_model
 from verl_bench.policy import ResponseScorer, policy_forward
 from verl_bench.rank import rank_dynamics
-from verl_bench.rollout import HFGenerateEngine, SamplingParams
+from verl_bench.rollout import ENGINES, SamplingParams
 from verl_bench.shaping import RankShaper, stack_metrics, token_advantages
 
 Reporter = Callable[[dict, "Path | None"], None]
@@ -228,11 +229,14 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
     model = ResponseScorer(policy)  # what the update differentiates through (DDP needs its forward)
     if world.size > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    engine = HFGenerateEngine(policy, tokenizer)
+    engine = ENGINES[cfg.rollout.engine](policy, tokenizer)
     if world.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
 
+    # one scoring setup for the policy and the reference; the sampling temperature divides both
+    score = partial(policy_forward, chunk_tokens=cfg.logits_chunk_tokens, temperature=cfg.rollout.temperature,
+                    micro_batch=cfg.micro_batch, share_prompt=cfg.share_prompt)
     sampling = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               max_new_tokens=cfg.rollout.max_new_tokens)
     per_worker = cfg.rollout.prompts_per_step // world.size
@@ -264,9 +268,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
         mask = rollout.response_mask
         single_update = cfg.algo.mini_batches == 1
         with torch.set_grad_enabled(single_update):
-            out = policy_forward(model, rollout, chunk_tokens=cfg.logits_chunk_tokens,
-                                 with_entropy=cfg.algo.entropy_coef > 0 and single_update,
-                                 temperature=cfg.rollout.temperature, micro_batch=cfg.micro_batch)
+            out = score(model, rollout, with_entropy=cfg.algo.entropy_coef > 0 and single_update)
         old_logp = out.logprobs.detach()
 
         # 4. rank metrics of each response (float64 Gram route; see verl_bench.rank)
@@ -290,16 +292,13 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
         ref_logp = None
         if ref_model is not None:
             with torch.no_grad():
-                ref_logp = policy_forward(ref_model, rollout, chunk_tokens=cfg.logits_chunk_tokens,
-                                          micro_batch=cfg.micro_batch).logprobs
+                ref_logp = score(ref_model, rollout).logprobs
         stats_acc: dict[str, float] = {}
         grad_norm = 0.0
         rows = torch.randperm(len(rewards)).chunk(cfg.algo.mini_batches)
         for mb in rows:
             if not single_update:
-                out = policy_forward(model, _select(rollout, mb), chunk_tokens=cfg.logits_chunk_tokens,
-                                     with_entropy=cfg.algo.entropy_coef > 0,
-                                     temperature=cfg.rollout.temperature, micro_batch=cfg.micro_batch)
+                out = score(model, _select(rollout, mb), with_entropy=cfg.algo.entropy_coef > 0)
             sel = slice(None) if single_update else mb.to(device)
             loss, stats = policy_loss(
                 out.logprobs, old_logp[sel], adv[sel], mask[sel], clip_low=cfg.algo.clip_low,

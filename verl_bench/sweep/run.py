@@ -14,10 +14,15 @@ from verl_bench.sweep.spec import REPEAT_FILE, SweepSpec, _flat, _nest, check_re
 
 def _trial(config: dict, sweep: dict) -> None:
     """One Tune trial: train the sampled config (``seed_repeats`` seeds in turn), report every step."""
+    import socket
+
+    import ray
     from ray import tune
 
     from verl_bench.train import latest_checkpoint, train
 
+    # where the trial ran (a multi-node sweep spreads trials over the cluster's nodes)
+    placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
     sampled = _flat(config)
     base = sweep["base"]
     metric, repeats = sweep["metric"], sweep["seed_repeats"]
@@ -56,7 +61,7 @@ def _trial(config: dict, sweep: dict) -> None:
                 _latest["v"] = metrics[metric]
             if metric not in carried:
                 return  # e.g. step 0 (validation only) before the first reward: merged into the next report
-            out = dict(carried)
+            out = {**carried, **placement}
             if repeats > 1:
                 done = finals + ([_latest["v"]] if "v" in _latest else [])
                 out[f"{metric}/seed{_r}"] = _latest.get("v")
