@@ -9,6 +9,8 @@ sequential trials on a local 2-CPU Ray:
   train  a Tune function trial that builds and fits a Ray Train TorchTrainer
          (``verl_bench.distributed.train_with_ray``, 1 worker, ``TuneReportCallback``, Train storage under
          the trial's folder), resources {cpu: 1} for the trial + 1 CPU for the worker
+  plain_reuse  plain with ``TuneConfig(reuse_actors=True)`` (trials share a process; for reference only:
+         run_sweep does not reuse actors)
 The training time of a trial is the wall time of its ``train()`` call up to its last report
 (``time/train_call_s``, measured where ``train`` runs: the trial process, or the Train worker). The
 per-trial overhead is (the Tuner's fit wall time / trials) - mean training time; per-trial figures use the
@@ -112,7 +114,7 @@ def run_pattern(pattern: str, trials: int, steps: int, storage: Path) -> dict:
 
     base = from_dict(TrainConfig, base).to_dict()
     path = storage / pattern
-    if pattern == "plain":
+    if pattern in ("plain", "plain_reuse"):
         fn = tune.with_parameters(plain_trial, sweep={"base": base, "metric": METRIC, "seed_repeats": 1,
                                                       "cpu": 1.0, "experiment_path": str(path)})
     else:
@@ -120,7 +122,7 @@ def run_pattern(pattern: str, trials: int, steps: int, storage: Path) -> dict:
     tuner = tune.Tuner(
         tune.with_resources(fn, {"cpu": 1}),
         param_space={"seed": tune.grid_search(list(range(trials)))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=1),
+        tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=pattern == "plain_reuse"),
         run_config=tune.RunConfig(name=pattern, storage_path=str(storage), verbose=0),
     )
     t0 = time.time()
@@ -159,7 +161,7 @@ def main() -> None:
     res = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for pattern in ("plain", "train"):
+            for pattern in ("plain", "plain_reuse", "train"):
                 res[pattern] = run_pattern(pattern, args.trials, args.steps, Path(tmp))
     finally:
         ray.shutdown()
@@ -167,12 +169,13 @@ def main() -> None:
     print(f"per-trial overhead: plain {res['plain']['overhead_s_per_trial']:.2f}s, Tune+Train "
           f"{res['train']['overhead_s_per_trial']:.2f}s, ratio {ratio:.1f}x "
           f"(target <= 5 s for the chosen pattern: plain "
-          f"{'meets' if res['plain']['overhead_s_per_trial'] <= 5 else 'misses'} it)")
+          f"{'meets' if res['plain']['overhead_s_per_trial'] <= 5 else 'misses'} it); plain with reused trial "
+          f"actors (reuse_actors=True, not what run_sweep does): {res['plain_reuse']['overhead_s_per_trial']:.2f}s")
     import ray as _ray
 
     row = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
            "cpus": os.cpu_count(), "ray": _ray.__version__, "model": TINY["model"], "steps": args.steps,
-           "plain": res["plain"], "train": res["train"], "ratio_train_over_plain": round(ratio, 2)}
+           **res, "ratio_train_over_plain": round(ratio, 2)}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as f:
         f.write(json.dumps(row) + "\n")

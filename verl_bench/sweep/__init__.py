@@ -29,7 +29,9 @@ With ``algo: optuna`` (TPE) and no ``points_to_evaluate``, the base config's own
 (the paper's defaults in the provided spaces) are the first point, when they lie inside the space.
 Each trial is a plain Tune function (one process; no Ray Train) that calls ``verl_bench.train.train`` with
 ``run_dir`` inside the trial's directory, reports every step with its HF checkpoint, and resumes from
-``ray.tune.get_checkpoint()`` after a failure or ``--resume``.
+``ray.tune.get_checkpoint()`` after a failure or ``--resume``. Every report also carries ``node_id`` and
+``hostname``: with ``--address`` Ray places trials across the cluster's nodes (the storage must then be a
+folder every node sees).
 """
 
 from verl_bench.sweep.run import add_sweep_parser, experiment_path, run_sweep
