@@ -154,10 +154,9 @@ def main() -> None:
 
     import ray
 
-    from verl_bench.distributed import _PASSED_ENV
+    from verl_bench.distributed import init_ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}})
+    init_ray(num_cpus=2, log_to_driver=False)
     res = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -171,10 +170,8 @@ def main() -> None:
           f"(target <= 5 s for the chosen pattern: plain "
           f"{'meets' if res['plain']['overhead_s_per_trial'] <= 5 else 'misses'} it); plain with reused trial "
           f"actors (reuse_actors=True, not what run_sweep does): {res['plain_reuse']['overhead_s_per_trial']:.2f}s")
-    import ray as _ray
-
     row = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
-           "cpus": os.cpu_count(), "ray": _ray.__version__, "model": TINY["model"], "steps": args.steps,
+           "cpus": os.cpu_count(), "ray": ray.__version__, "model": TINY["model"], "steps": args.steps,
            **res, "ratio_train_over_plain": round(ratio, 2)}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as f:

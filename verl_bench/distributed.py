@@ -40,16 +40,13 @@ def _worker(config: dict) -> None:
 def train_with_ray(cfg: TrainConfig, *, storage_path: str | None = None, name: str | None = None,
                    callbacks: list | None = None, max_failures: int = 0):
     """Fit a TorchTrainer running ``train`` on ``cfg.ray.num_workers`` workers. Returns the Ray Result."""
-    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     run_dir = Path(cfg.run_dir).resolve()  # workers may start in another cwd
     cfg_dict = cfg.to_dict()
     cfg_dict["run_dir"] = str(run_dir)
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}})
+    init_ray(cfg.ray.address)
     trainer = TorchTrainer(
         _worker,
         train_loop_config={"cfg": cfg_dict},
@@ -66,6 +63,18 @@ def train_with_ray(cfg: TrainConfig, *, storage_path: str | None = None, name: s
     return trainer.fit()
 
 
+def init_ray(address: str | None = None, **kwargs) -> None:
+    """Join the Ray cluster at ``address``, or start a local one, unless Ray is already up.
+
+    The driver's offline switches, data root and model cache travel to every worker.
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=kwargs.pop("log_to_driver", True),
+                 runtime_env={"env_vars": {k: os.environ[k] for k in PASSED_ENV if k in os.environ}}, **kwargs)
+
+
 # set on the driver, needed in workers (offline mode, data root, model cache)
-_PASSED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "VERL_BENCH_DATA", "VERL_BENCH_CACHE",
+PASSED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "VERL_BENCH_DATA", "VERL_BENCH_CACHE",
                "TOKENIZERS_PARALLELISM", "HF_HOME")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
 from verl_bench.config import ConfigError, TrainConfig, _merge, from_dict
@@ -147,14 +146,11 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, storage: str | No
     if resume and not path.is_dir():
         raise ConfigError(f"--resume: no sweep at {path}")
 
-    import ray
     from ray import tune
 
-    from verl_bench.distributed import _PASSED_ENV
+    from verl_bench.distributed import init_ray
 
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {k: os.environ[k] for k in _PASSED_ENV if k in os.environ}})
+    init_ray(address)
     trainable = _trainable(spec, path)
     if resume:
         if not tune.Tuner.can_restore(str(path)):
