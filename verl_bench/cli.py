@@ -4,6 +4,8 @@
     verl-bench demo                  # the embedded default: SmolLM2-135M-Instruct, offline, CPU
     verl-bench rank MODEL [...]      # sample responses and print their ER / ERV / ERA
     verl-bench sweep SPACE.yaml [--resume] [--address ADDR] [--storage PATH] [--name NAME]
+    verl-bench eval MODEL_OR_CHECKPOINT... | --experiment PATH [--which all|last|best] [--benchmarks ...]
+                    [--preset paper|greedy|quick|pass16]
 """
 
 from __future__ import annotations
@@ -106,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
 
     add_sweep_parser(sub)
 
+    from verl_bench.evaluate.cli import add_eval_parser
+
+    add_eval_parser(sub)
+
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
@@ -115,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # configuration/data errors: one clear line, no traceback
         from verl_bench.config import ConfigError
 
-        if isinstance(e, (ConfigError, FileNotFoundError)) or type(e).__name__ in ("DataError",
-                                                                                   "ModelUnavailableError"):
+        if isinstance(e, (ConfigError, FileNotFoundError)) or type(e).__name__ in (
+                "DataError", "ModelUnavailableError", "EvalUsageError"):
             print(f"error: {e}", file=sys.stderr)
             return 2
         raise
