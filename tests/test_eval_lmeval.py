@@ -22,7 +22,7 @@ from verl_bench.evaluate.run import (
     group_average,
     read_results,
 )
-from verl_bench.evaluate.tasks import build_docs, build_group, task_name
+from verl_bench.evaluate.tasks import BENCHMARKS, build_docs, build_group, task_name
 from verl_bench.models import resolve_model
 
 TINY = "tiny:test"
@@ -57,7 +57,7 @@ class ScriptedLM(LM):
         raise NotImplementedError
 
 
-BENCHES = ["gsm8k", "math500", "amc23"]
+BENCHES = list(BENCHMARKS)  # every set, a few problems each
 
 
 def test_scores_through_lm_eval_match_the_script_and_the_group_is_the_unweighted_mean():
@@ -76,13 +76,16 @@ def test_scores_through_lm_eval_match_the_script_and_the_group_is_the_unweighted
         assert r["pass@4,all"] == pytest.approx(4 / 5)
         assert r["sample_len"] == 5
         assert len(res["samples"][task_name(b)]) == 5
-    # a benchmark-dependent script: the group must be the plain mean of the three task means
-    lm = ScriptedLM(docs, lambda i, j: i % 2 == 0)
-    res = simple_evaluate(model=lm, tasks=[build_group(BENCHES, preset, "qwen-boxed")], bootstrap_iters=0,
+    # whole sets of different sizes: the group is the plain mean of the task means, not the pooled mean
+    sets = ["aime24", "amc23", "gaokao2024_I"]  # 30, 40 and 14 problems
+    one = EvalPreset("t1", temperature=0.6, top_p=0.95, n=1, max_tokens=32)
+    lm = ScriptedLM({b: build_docs(b, "qwen-boxed") for b in sets}, lambda i, j: i % 3 == 0)
+    res = simple_evaluate(model=lm, tasks=[build_group(sets, one, "qwen-boxed")], bootstrap_iters=0,
                           task_manager=empty_task_manager())
-    per_task = [res["results"][task_name(b)]["pass@1,all"] for b in BENCHES]
-    assert per_task == [pytest.approx(3 / 5)] * 3
+    per_task = [res["results"][task_name(b)]["pass@1,all"] for b in sets]
+    assert per_task == [pytest.approx(10 / 30), pytest.approx(14 / 40), pytest.approx(5 / 14)]
     assert res["groups"]["verl_math"]["pass@1,all"] == pytest.approx(sum(per_task) / 3)
+    assert abs(sum(per_task) / 3 - 29 / 84) > 1e-3  # (the pooled mean would differ)
 
 
 def test_group_average_weights_benchmarks_equally_whatever_their_size():
