@@ -143,6 +143,21 @@ def test_normalize_gold_forms():
     assert normalize_gold(["$\\frac{1}{2}$"]) == "\\frac{1}{2}"
     assert normalize_gold(["$3$", "$4$"]) == "3, 4"
     assert normalize_gold("$48$, $384$") == "48, 384"
+    # an escaped dollar is a currency sign, not a delimiter: no stray backslash may survive (MATH-500 #243)
+    assert normalize_gold("\\$32,\\!348") == "32,\\!348"
+    assert normalize_gold("\\$18.90") == "18.90"
+    assert normalize_gold("$\\$5$") == "5"
+    # a full stop after the closing "$" is sentence punctuation (OlympiadBench #77); inside math it stays
+    assert normalize_gold(["$(-\\infty, 0) \\cup\\{1\\}$."]) == "(-\\infty, 0) \\cup\\{1\\}"
+    assert normalize_gold("$x$ and $y$.") == "x and y"
+    # Python float literals in a ratio (Minerva #39, #50): "-1./3" means -1/3
+    assert normalize_gold("-1./3") == "-1/3"
+    assert normalize_gold("1.5/2") == "1.5/2"  # a real decimal is untouched
+    # plain-text / numpy function names become LaTeX (Gaokao 2024 I #13 "ln2", Minerva #6)
+    assert normalize_gold("ln2") == "\\ln 2"
+    assert normalize_gold("np.arcsin(10/13)") == "\\arcsin (10/13)"
+    assert normalize_gold("\\ln 2") == "\\ln 2" and normalize_gold("\\arcsin(x)") == "\\arcsin(x)"
+    assert normalize_gold("\\text{since 2}") == "\\text{since 2}"  # not inside words
     assert normalize_gold(None) is None and normalize_gold("") is None and normalize_gold("  ") is None
 
 

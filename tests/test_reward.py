@@ -107,6 +107,7 @@ def test_equivalent_forms_fast_path(pred, gold, pool):
         ("2\\sqrt{3}", "\\sqrt{12}"),
         ("\\frac{1}{\\sqrt{2}}", "\\frac{\\sqrt{2}}{2}"),
         ("\\frac{9}{2}\\times 10^{33}", "4.5e33"),
+        ("384, 48", "48, 384"),  # two answers in either order
     ],
 )
 def test_equivalent_forms_math_verify(pred, gold, pool):
@@ -125,6 +126,8 @@ def test_equivalent_forms_math_verify(pred, gold, pool):
         ("D", "C"),
         ("B", "BC"),
         ("4.6e33", "4.5e33"),
+        ("48384", "48, 384"),  # ", " separates answers; it is no thousands separator
+        ("48, 384", "48384"),
         ("", "1"),
         ("1", ""),
     ],

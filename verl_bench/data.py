@@ -105,13 +105,20 @@ class LoadStats:
 
 _DEGREE_RE = re.compile(r"\s*(\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°)\s*$")
 _FLOAT_INT_RE = re.compile(r"^-?\d+\.0+$")
+_PUNCT_AFTER_MATH_RE = re.compile(r"\$\s*[.。]\s*$")
+_PY_FLOAT_DIV_RE = re.compile(r"(\d)\.(?=\s*/)")
+_BARE_FUNC_RE = re.compile(r"(?<![\\A-Za-z])(?:np\.|math\.)?(arcsin|arccos|arctan|sin|cos|tan|ln|log|exp)(?=\s*[\d(])")
 
 
 def normalize_gold(value: Any) -> str | None:
     """Turn a stored gold answer into a clean string, or None when there is none.
 
     Floats that are integers become integers (27.0 -> "27"), surrounding ``$...$`` math delimiters
-    are removed ("$48$, $384$" -> "48, 384"), a trailing degree sign is dropped ("336^\\circ" -> "336").
+    are removed ("$48$, $384$" -> "48, 384"), an escaped dollar sign goes with them ("\\$18.90" -> "18.90"),
+    as does a full stop after the closing "$"; a trailing degree sign is dropped ("336^\\circ" -> "336");
+    Python float literals divided by an integer lose their dot ("-1./3" -> "-1/3"); function names
+    written as plain text or numpy code before a number or "(" become LaTeX ("ln2" -> "\\ln 2",
+    "np.arcsin(10/13)" -> "\\arcsin (10/13)").
     LaTeX inside is left alone: the grader (math-verify) understands it.
     """
     if value is None:
@@ -130,7 +137,16 @@ def normalize_gold(value: Any) -> str | None:
         return ", ".join(parts) if parts else None
     s = str(value).strip()
     if "$" in s:
+        # "\$" is a dollar sign ("\$32,\!348", MATH), not a math delimiter: drop it whole, or the bare
+        # "$" removal below would leave a stray backslash ("\32,\!348") that nothing can parse.
+        s = s.replace("\\$", "")
+        # sentence punctuation after the closing delimiter ("$(-\infty, 0) \cup\{1\}$.", OlympiadBench)
+        s = _PUNCT_AFTER_MATH_RE.sub("$", s)
         s = s.replace("$", "").strip()
+    s = _PY_FLOAT_DIV_RE.sub(r"\1", s)  # "-1./3" (a Python float literal, Minerva) -> "-1/3"
+    # plain-text / numpy function names: "ln2" (Gaokao 2024 I) is l*n*2 to math-verify, so a model's
+    # "\ln 2" would be scored wrong; "np.arcsin(10/13)" (Minerva) does not parse at all
+    s = _BARE_FUNC_RE.sub(r"\\\1 ", s)
     s = _DEGREE_RE.sub("", s).strip()
     if _FLOAT_INT_RE.match(s):
         s = s.split(".")[0]

@@ -188,7 +188,8 @@ _CHOICE_GOLD_RE = re.compile(r"\(?([A-E]{1,5})\)?")
 
 def normalize_answer(s: str) -> str:
     """Cheap canonical form for string comparison: no math delimiters, spacing commands, \\left/\\right,
-    \\text{} wrappers, degree signs, percent signs, whitespace, trailing period; 1,000 -> 1000;
+    \\text{} wrappers, degree signs, percent signs, whitespace, trailing period; 1,000 -> 1000 (but a comma
+    followed by a space separates answers: "48, 384" stays a list, as math-verify reads it);
     "x=5" -> "5" when the right side is a plain number."""
     s = s.strip().replace("\\$", "")  # \$18 (dollars) -> 18
     s = re.sub(r"^\$+|\$+$", "", s).strip()
@@ -205,12 +206,14 @@ def normalize_answer(s: str) -> str:
         s = new
     s = _DEGREE_TAIL_RE.sub("", s)
     s = re.sub(r"\\?%$", "", s.strip())
+    # "48, 384" is a list of two answers (Gaokao 2023 EN #9), "48,384" a number: decide before the spaces go
+    list_comma = re.search(r",\s", s) is not None
     s = re.sub(r"\s+", "", s)
     s = s.rstrip(".")
     m = _ASSIGN_RE.fullmatch(s)
     if m and _as_number(m.group(1)) is not None:
         s = m.group(1)
-    if _THOUSANDS_RE.fullmatch(s):
+    if not list_comma and _THOUSANDS_RE.fullmatch(s):
         s = s.replace(",", "")
     return s
 
