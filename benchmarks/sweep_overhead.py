@@ -1,21 +1,21 @@
-"""Per-trial overhead of a Tune sweep, side by side: a plain function trial vs Tune + Ray Train.
+"""Per-trial overhead of a Tune sweep, side by side: the patterns ``run_sweep`` uses and the alternative.
 
     python benchmarks/sweep_overhead.py [--trials 3] [--steps 2]
 
-Both patterns run the same tiny config (tiny:test, arithmetic_l1, 2 steps, threads 1) as ``--trials``
-sequential trials on a local 2-CPU Ray:
-  plain  the pattern ``run_sweep`` uses: ``verl_bench.sweep.run._trial``, a Tune function trial that calls
-         ``verl_bench.train.train`` in the trial's own process (resources {cpu: 1})
-  train  a Tune function trial that builds and fits a Ray Train TorchTrainer
-         (``verl_bench.distributed.train_with_ray``, 1 worker, ``TuneReportCallback``, Train storage under
-         the trial's folder), resources {cpu: 1} for the trial + 1 CPU for the worker
-  plain_reuse  plain with ``TuneConfig(reuse_actors=True)`` (trials share a process; for reference only:
-         run_sweep does not reuse actors)
+Every pattern runs the same tiny config (tiny:test, arithmetic_l1, ``--steps`` steps, threads 1) as
+``--trials`` sequential trials through ``verl_bench.sweep.run._trial`` (the function ``run_sweep`` gives
+Tune), on a local 2-CPU Ray started the way ``run_sweep`` starts it:
+  plain_reuse     ray.num_workers 1: ``train`` in the trial's process, ``reuse_actors=True`` (what
+                  run_sweep does: the next trial reuses the process)
+  plain           the same with a fresh trial process per trial (``reuse_actors=False``; the previous default)
+  train_2workers  ray.num_workers 2 (1 CPU each): the trial fits a Ray Train TorchTrainer
+                  (``TuneReportCallback``) and reserves no CPU itself (resources.cpu 0); what run_sweep does
+                  for ray.num_workers > 1 (with Ray's dashboard up, which Train needs to clean up stopped runs)
 The training time of a trial is the wall time of its ``train()`` call up to its last report
-(``time/train_call_s``, measured where ``train`` runs: the trial process, or the Train worker). The
+(``time/train_call_s``, measured where ``train`` runs: the trial process, or the rank-0 Train worker). The
 per-trial overhead is (the Tuner's fit wall time / trials) - mean training time; per-trial figures use the
-time between consecutive trials' last reports. Prints both, the ratio, and appends a JSON line to
-benchmarks/results/sweep_overhead.jsonl.
+time between consecutive trials' last reports. Prints the figures and their ratios, with the load average
+(the machine may be shared), and appends a JSON line to benchmarks/results/sweep_overhead.jsonl.
 """
 
 from __future__ import annotations
@@ -74,57 +74,53 @@ def _time_train() -> None:
     T.train = timed
 
 
-def plain_trial(config: dict, sweep: dict) -> None:
+def timed_trial(config: dict, sweep: dict) -> None:
+    """``run_sweep``'s trial function, with ``train`` (in this process, or in the Train workers) timed."""
+    from verl_bench import distributed
     from verl_bench.sweep.run import _trial
 
     _time_train()
-    _trial(config, sweep)
-
-
-def _timed_worker(config: dict) -> None:  # runs in the Ray Train worker
-    from verl_bench import distributed
-
-    _time_train()
-    # a fresh worker process holds the real _worker; the trial process (if it ever ran it) the saved one
-    getattr(distributed, "_real_worker", distributed._worker)(config)
-
-
-def train_trial(config: dict, base: dict, experiment: str) -> None:
-    from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from verl_bench import distributed
-    from verl_bench.config import TrainConfig, _merge, from_dict
-
     if not hasattr(distributed, "_real_worker"):  # train_with_ray looks _worker up when called
         distributed._real_worker = distributed._worker
         distributed._worker = _timed_worker
-    ctx = tune.get_context()
-    trial_dir = Path(experiment) / Path(ctx.get_trial_dir()).name
-    cfg = from_dict(TrainConfig, _merge(base, {**config, "run_dir": str(trial_dir / "run")}))
-    distributed.train_with_ray(cfg, storage_path=str(trial_dir / "train"), name=f"train-{ctx.get_trial_id()}",
-                               callbacks=[TuneReportCallback()])
+    _trial(config, sweep)
+
+
+def _timed_worker(config: dict) -> None:  # runs in a Ray Train worker
+    from verl_bench import distributed
+
+    _time_train()
+    # a fresh worker process holds the real _worker; a trial process (if it ever ran it) the saved one
+    getattr(distributed, "_real_worker", distributed._worker)(config)
+
+
+PATTERNS = {  # name: (ray.num_workers, resources.cpu of the trial process, reuse_actors)
+    "plain_reuse": (1, 1.0, True),
+    "plain": (1, 1.0, False),
+    "train_2workers": (2, 0.0, False),
+}
 
 
 def run_pattern(pattern: str, trials: int, steps: int, storage: Path) -> dict:
     from ray import tune
 
-    base = {**TINY, "steps": steps, "checkpoint_every": steps}
     from verl_bench.config import TrainConfig, from_dict
+    from verl_bench.sweep.run import DRIVER_MEMORY
 
-    base = from_dict(TrainConfig, base).to_dict()
+    workers, cpu, reuse = PATTERNS[pattern]
+    base = from_dict(TrainConfig, {**TINY, "steps": steps, "checkpoint_every": steps,
+                                   "ray": {"num_workers": workers, "cpus_per_worker": 1}}).to_dict()
     path = storage / pattern
-    if pattern in ("plain", "plain_reuse"):
-        fn = tune.with_parameters(plain_trial, sweep={"base": base, "metric": METRIC, "seed_repeats": 1,
-                                                      "cpu": 1.0, "experiment_path": str(path)})
-    else:
-        fn = tune.with_parameters(train_trial, base=base, experiment=str(path))
+    fn = tune.with_parameters(timed_trial, sweep={"base": base, "metrics": [METRIC], "seed_repeats": 1,
+                                                  "cpu": cpu, "experiment_path": str(path)})
+    resources = {"cpu": cpu} if cpu else {"cpu": 0, "memory": DRIVER_MEMORY}  # as run_sweep's _trial_resources
     tuner = tune.Tuner(
-        tune.with_resources(fn, {"cpu": 1}),
+        tune.with_resources(fn, resources),
         param_space={"seed": tune.grid_search(list(range(trials)))},
-        tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=pattern == "plain_reuse"),
+        tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=reuse),
         run_config=tune.RunConfig(name=pattern, storage_path=str(storage), verbose=0),
     )
+    load_before = os.getloadavg()
     t0 = time.time()
     grid = tuner.fit()
     wall = time.time() - t0
@@ -132,7 +128,7 @@ def run_pattern(pattern: str, trials: int, steps: int, storage: Path) -> dict:
     if errors:
         raise RuntimeError(f"{pattern}: {errors}")
     rows = sorted(({"train_s": r.metrics["time/train_call_s"], "end": r.metrics["time/wall"],
-                    "step": r.metrics["step"]} for r in grid), key=lambda x: x["end"])
+                    "step": r.metrics["step"], "pid": r.metrics.get("pid")} for r in grid), key=lambda x: x["end"])
     prev, per_trial = t0, []
     for row in rows:
         per_trial.append(round(row["end"] - prev - row["train_s"], 2))
@@ -140,9 +136,11 @@ def run_pattern(pattern: str, trials: int, steps: int, storage: Path) -> dict:
     train_s = statistics.mean(r["train_s"] for r in rows)
     out = {"trials": trials, "fit_wall_s": round(wall, 2), "train_s_mean": round(train_s, 2),
            "overhead_s_per_trial": round(wall / trials - train_s, 2), "overhead_s_each": per_trial,
-           "steps": [r["step"] for r in rows]}
+           "steps": [r["step"] for r in rows], "trial_processes": len({r["pid"] for r in rows}),
+           "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)]}
     print(f"[{pattern}] fit {wall:.1f}s for {trials} trials; train() {train_s:.2f}s/trial; overhead "
-          f"{out['overhead_s_per_trial']:.2f}s/trial (each: {per_trial})", flush=True)
+          f"{out['overhead_s_per_trial']:.2f}s/trial (each: {per_trial}); {out['trial_processes']} trial "
+          f"process(es); load {out['loadavg_1m_before_after']}", flush=True)
     return out
 
 
@@ -156,23 +154,26 @@ def main() -> None:
 
     from verl_bench.distributed import init_ray
 
-    init_ray(num_cpus=2, log_to_driver=False)
     res = {}
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for pattern in ("plain", "plain_reuse", "train"):
+    with tempfile.TemporaryDirectory() as tmp:
+        for pattern in PATTERNS:
+            # a Ray per pattern, started as run_sweep starts it (the dashboard only for Train workers)
+            init_ray(num_cpus=2, log_to_driver=False, dashboard=PATTERNS[pattern][0] > 1)
+            try:
                 res[pattern] = run_pattern(pattern, args.trials, args.steps, Path(tmp))
-    finally:
-        ray.shutdown()
-    ratio = res["train"]["overhead_s_per_trial"] / max(res["plain"]["overhead_s_per_trial"], 1e-9)
-    print(f"per-trial overhead: plain {res['plain']['overhead_s_per_trial']:.2f}s, Tune+Train "
-          f"{res['train']['overhead_s_per_trial']:.2f}s, ratio {ratio:.1f}x "
-          f"(target <= 5 s for the chosen pattern: plain "
-          f"{'meets' if res['plain']['overhead_s_per_trial'] <= 5 else 'misses'} it); plain with reused trial "
-          f"actors (reuse_actors=True, not what run_sweep does): {res['plain_reuse']['overhead_s_per_trial']:.2f}s")
+            finally:
+                ray.shutdown()
+    chosen = res["plain_reuse"]["overhead_s_per_trial"]
+    ratios = {f"{p}_over_plain_reuse": round(res[p]["overhead_s_per_trial"] / max(chosen, 1e-9), 2)
+              for p in PATTERNS if p != "plain_reuse"}
+    print(f"per-trial overhead: plain_reuse (run_sweep, ray.num_workers 1) {chosen:.2f}s "
+          f"({'meets' if chosen <= 5 else 'misses'} the <= 5 s target); plain (fresh process per trial) "
+          f"{res['plain']['overhead_s_per_trial']:.2f}s ({ratios['plain_over_plain_reuse']}x); Tune + Ray Train, "
+          f"2 workers (run_sweep, ray.num_workers 2) {res['train_2workers']['overhead_s_per_trial']:.2f}s "
+          f"({ratios['train_2workers_over_plain_reuse']}x); load average now {os.getloadavg()[0]:.2f}")
     row = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
            "cpus": os.cpu_count(), "ray": ray.__version__, "model": TINY["model"], "steps": args.steps,
-           **res, "ratio_train_over_plain": round(ratio, 2)}
+           **res, "ratios": ratios, "chosen": "plain_reuse"}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with RESULTS.open("a") as f:
         f.write(json.dumps(row) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,8 +99,6 @@ def test_bad_search_scheduler_and_resources(tmp_path):
         load_sweep(_write(tmp_path, metric="reward_mean"))
     with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: seed_repeats: .*use scheduler kind none"):
         load_sweep(_write(tmp_path, seed_repeats=2))
-    with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: base: .*ray.num_workers: 1"):
-        load_sweep(_write(tmp_path, base={**TINY_BASE, "ray": {"num_workers": 2}}))
     with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: resources.gpu: expected a number"):
         load_sweep(_write(tmp_path, resources={"cpu": 1, "gpu": -1}))
     import torch
@@ -107,6 +106,123 @@ def test_bad_search_scheduler_and_resources(tmp_path):
     spec = load_sweep(_write(tmp_path, resources={"cpu": 1, "gpu": torch.cuda.device_count() + 1}))
     with pytest.raises(ConfigError, match=r"resources.gpu: \d+ GPU\(s\) per trial but this machine has \d+"):
         check_resources(spec)
+
+
+TRAIN_BASE = {**TINY_BASE, "ray": {"num_workers": 2, "cpus_per_worker": 1}}
+
+
+def test_train_worker_trials_are_validated(tmp_path):
+    """ray.num_workers > 1: resources are the trial's own process; its workers must fit beside it."""
+    spec = load_sweep(_write(tmp_path, base=TRAIN_BASE, resources={"cpu": 0}))
+    assert spec.workers == 2 and spec.cpu == 0
+    check_resources(spec)  # 0 + 2 workers x 1 CPU fit this machine's 2 CPUs
+    with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: resources.cpu: 2 trial process\(es\) x 1 CPU \+ 2 "
+                                          r"Train workers x 1 CPU = 4 CPUs"):
+        check_resources(load_sweep(_write(tmp_path, base=TRAIN_BASE, max_concurrent=2, resources={"cpu": 1})),
+                        cpus=2)
+    with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: resources.gpu: .*take GPUs through ray.use_gpu"):
+        load_sweep(_write(tmp_path, base=TRAIN_BASE, resources={"cpu": 0, "gpu": 1}))
+    with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: seed_repeats: .*Ray Train workers"):
+        load_sweep(_write(tmp_path, base=TRAIN_BASE, scheduler={"kind": "none"}, seed_repeats=2))
+    with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: resources.cpu: expected a number > 0, got 0 \(cpu 0 "):
+        load_sweep(_write(tmp_path, resources={"cpu": 0}))  # a one-process trial needs its CPU
+    with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: space.ray.num_workers: ray.\* keys .* fixed"):
+        load_sweep(_write(tmp_path, space={"ray.num_workers": {"choice": [1, 2]}}))
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"metric": ["rank/er", "response_length"], "mode": "max"}, r"mode: needs one mode \(max or min\) per metric"),
+    ({"metric": ["rank/er", "response_length"], "mode": ["max"]}, r"mode: needs one mode"),
+    ({"metric": "rank/er", "mode": ["max", "min"]}, r"mode: needs one mode"),
+    ({"metric": ["rank/er", "rank/er"], "mode": ["max", "min"]}, r"metric: names a metric twice"),
+    ({"metric": ["rank/er", "respons_length"], "mode": ["max", "min"]},
+     r"metric: unknown metric 'respons_length' \(did you mean 'response_length'\?\)"),
+    ({"metric": ["rank/er", "response_length"], "mode": ["max", "least"]}, r"mode: must be max or min"),
+    ({"metric": ["rank/er", "response_length"], "mode": ["max", "min"], "search": {"algo": "random"}},
+     r"metric: a list of metrics is a multi-objective search, which needs search.algo optuna"),
+    ({"metric": ["rank/er", "response_length"], "mode": ["max", "min"], "seed_repeats": 2,
+      "scheduler": {"kind": "none"}}, r"seed_repeats: seed_repeats averages one metric"),
+    ({"metric": "val/accuracy", "base": {**TINY_BASE, "data": {**TINY_BASE["data"], "eval_size": 0}}},
+     r"metric: val/\* metrics come from the held-out validation"),
+])
+def test_bad_objectives_are_rejected(tmp_path, over, match):
+    with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: " + match):
+        load_sweep(_write(tmp_path, **over))
+
+
+def test_multi_objective_spec_and_pareto_front():
+    spec_path = SEARCH_SPACES / "pareto_length.yaml"
+    spec = load_sweep(spec_path)
+    assert spec.metrics == ["val/accuracy", "val/response_length"] and spec.modes == ["max", "min"]
+    from types import SimpleNamespace
+
+    from verl_bench.sweep.run import pareto_front
+
+    rs = [SimpleNamespace(metrics={"a": a, "len": n}) for a, n in [(0.5, 30), (0.6, 40), (0.4, 35), (0.6, 50)]]
+    front = pareto_front(rs, ["a", "len"], ["max", "min"])
+    assert [(r.metrics["a"], r.metrics["len"]) for r in front] == [(0.5, 30), (0.6, 40)]
+
+
+PBT = {"kind": "pbt", "perturbation_interval": 1}
+
+
+@pytest.mark.parametrize("over,match", [
+    ({"search": {"algo": "optuna"}}, r"search.algo: PBT .* use search.algo random"),
+    ({"space": {"rollout.n": {"int": [2, 4]}}}, r"space.rollout.n: rollout.n cannot change in the middle of a run"),
+    ({"scheduler": {**PBT, "hyperparam_mutations": {"seed": {"int": [0, 3]}}}},
+     r"scheduler.hyperparam_mutations.seed: seed cannot change in the middle of a run"),
+    ({"scheduler": {**PBT, "hyperparam_mutations": {"shaping.kappa": {"gaussian": [1, 2]}}}},
+     r"scheduler.hyperparam_mutations.shaping.kappa: expected one distribution"),
+    ({"scheduler": {"kind": "pbt"}}, r"scheduler: PBT needs perturbation_interval"),
+    ({"scheduler": {**PBT, "perturbation_interval": 3}}, r"scheduler.perturbation_interval: must be < the base"),
+    ({"scheduler": {**PBT, "perturbation_interval": 1}, "base": {**TINY_BASE, "checkpoint_every": 2}},
+     r"scheduler.perturbation_interval: must be a multiple of the base config's checkpoint_every \(2\)"),
+    ({"scheduler": {**PBT, "grace_period": 1}}, r"scheduler.grace_period: not used by scheduler kind pbt"),
+    ({"scheduler": {**PBT, "quantile_fraction": 0.7}}, r"scheduler.quantile_fraction: expected a number in"),
+    ({"num_samples": 1}, r"num_samples: PBT needs a population of at least 2 trials"),
+    ({"max_concurrent": 1}, r"max_concurrent: PBT keeps its whole population \(3 trials\) alive"),
+    ({"base": {**TINY_BASE, "keep_checkpoints": 2}}, r"base: keep_checkpoints 2: PBT needs 0 \(all\) or >= 3"),
+    ({"base": TRAIN_BASE, "resources": {"cpu": 0}}, r"base: PBT needs Tune checkpoints"),
+])
+def test_bad_pbt_is_rejected(tmp_path, over, match):
+    doc = {"search": {"algo": "random"}, "scheduler": PBT, "space": {"shaping.kappa": {"loguniform": [0.5, 8.0]}},
+           "base": {**TINY_BASE, "keep_checkpoints": 0}, "max_concurrent": 3}
+    doc.update(over)
+    with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: " + match):
+        load_sweep(_write(tmp_path, **doc))
+
+
+def test_pbt_spec_and_bounds():
+    from verl_bench.sweep.run import _clamp_to_bounds
+
+    spec = load_sweep(SEARCH_SPACES / "pbt_kappa.yaml")
+    assert spec.scheduler == "pbt" and spec.perturbation_interval == 5 and spec.population == 4
+    assert [d.key for d in spec.mutations] == ["shaping.kappa", "shaping.gain", "algo.lr"]
+    assert spec.max_concurrent == 4  # the whole population is alive
+    cfg = {"shaping": {"kappa": 9.6, "alpha": -0.1}, "rollout": {"n": 9}}  # x1.2 / x0.8 left the bounds
+    out = _clamp_to_bounds(cfg, [("shaping.kappa", "loguniform", 0.5, 8.0), ("shaping.alpha", "uniform", 0.05, 0.9),
+                                 ("rollout.n", "int", 2, 8)])
+    assert out == {"shaping": {"kappa": 8.0, "alpha": 0.05}, "rollout": {"n": 8}}
+
+
+def test_progress_line_is_printed_on_changes_not_per_result(capsys):
+    from types import SimpleNamespace
+
+    from verl_bench.sweep.progress import SweepProgress
+
+    p = SweepProgress("loss", "min", every_s=3600)
+    trials = [SimpleNamespace(status="RUNNING", trial_id="t0"), SimpleNamespace(status="PENDING", trial_id="t1")]
+    p.on_step_end(0, trials)
+    for step, loss in enumerate([3.0, 1.0, 2.0, float("nan")] * 25, start=1):  # 100 results, same counts
+        p.on_trial_result(step, trials, trials[0], {"loss": loss, "step": step})
+        p.on_step_end(step, trials)
+    trials[0].status, trials[1].status = "TERMINATED", "ERROR"
+    p.on_step_end(101, trials)
+    p.on_experiment_end(trials)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r"\[sweep 0m0\ds\] 1 running, 1 pending, 0 paused, 0 done, 0 errored \| no loss yet", lines[0])
+    assert lines[1].endswith("0 running, 0 pending, 0 paused, 1 done, 1 errored | best loss 1 (trial t0, step 2)")
 
 
 def test_errors_are_raised_before_ray_starts(tmp_path):
@@ -137,11 +253,19 @@ def local_ray():
 
 
 @pytest.mark.slow
-def test_optuna_asha_sweep_runs_every_trial(tmp_path, local_ray):
+def test_optuna_asha_sweep_runs_every_trial(tmp_path, local_ray, capsys):
     from verl_bench.sweep import run_sweep
 
     grid = run_sweep(_write(tmp_path))
     assert len(grid) == 3 and not grid.errors
+    # the status line: printed when trial counts change, never once per result (3 trials x 3 steps)
+    status = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[sweep ")]
+    assert 3 <= len(status) <= 10, status
+    assert any(re.search(r"1 running, \d+ pending, 0 paused, \d done, 0 errored \| best rank/er [\d.]+ "
+                         r"\(trial \w+, step \d\)", line) for line in status), status
+    best_er = max(r.metrics_dataframe["rank/er"].max() for r in grid)  # over every step of every trial
+    final = re.search(r"0 running, 0 pending, 0 paused, 3 done, 0 errored \| best rank/er ([\d.]+)", status[-1])
+    assert final and float(final.group(1)) == pytest.approx(best_er, rel=1e-3), status[-1]
     configs = [r.config["shaping"] for r in grid]
     assert {"kappa": 2.0, "tau": 0.0, "mode": "meta"} in configs  # the paper's point went first
     for r in grid:
@@ -152,6 +276,49 @@ def test_optuna_asha_sweep_runs_every_trial(tmp_path, local_ray):
         assert Path(r.path).parent == tmp_path / "store" / "tiny"
     best = grid.get_best_result()
     assert best.metrics["rank/er"] == max(r.metrics["rank/er"] for r in grid)
+
+
+@pytest.mark.slow
+def test_reused_trial_processes_carry_no_state(tmp_path, local_ray):
+    """Two trials of the same config: the second runs in the first one's process (reuse_actors) and must
+    train exactly the same numbers (no RNG, optimizer, shaper or cache state carried over)."""
+    from verl_bench.sweep import run_sweep
+
+    grid = run_sweep(_write(tmp_path, base={**TINY_BASE, "steps": 2}, space={"shaping.mode": {"grid": ["meta"]}},
+                            search={"algo": "grid"}, scheduler={"kind": "none"}, num_samples=2))
+    assert len(grid) == 2 and not grid.errors
+    a, b = (r.metrics_dataframe for r in grid)
+    assert a["pid"].iloc[-1] == b["pid"].iloc[-1]  # one process ran both trials
+    for key in ("rank/er", "rank/erv", "reward/mean", "loss", "grad_norm", "verl/phi_mean", "response_length"):
+        assert b[key].tolist() == pytest.approx(a[key].tolist(), rel=1e-9, abs=1e-12), key
+
+
+def _optuna_searcher_state(experiment: Path) -> dict:
+    """The Optuna searcher's state as Tune saved it with the experiment (ConcurrencyLimiter saves its inner
+    searcher's attributes)."""
+    import pickle
+
+    return pickle.loads(next(experiment.glob("searcher-state-*.pkl")).read_bytes())
+
+
+@pytest.mark.slow
+def test_multi_objective_optuna_sweep(tmp_path, local_ray):
+    import optuna
+
+    from verl_bench.sweep import run_sweep
+
+    grid = run_sweep(_write(tmp_path, base={**TINY_BASE, "steps": 2}, metric=["rank/er", "response_length"],
+                            mode=["max", "min"], scheduler={"kind": "asha", "grace_period": 1, "max_t": 2},
+                            num_samples=3))
+    assert len(grid) == 3 and not grid.errors
+    state = _optuna_searcher_state(tmp_path / "store" / "tiny")
+    assert state["_metric"] == ["rank/er", "response_length"] and state["_mode"] == ["max", "min"]
+    study = state["_ot_study"]
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 3  # every trial told Optuna both values: the ones it reported last
+    reported = sorted((r.metrics["rank/er"], r.metrics["response_length"]) for r in grid)
+    assert sorted(tuple(t.values) for t in done) == [pytest.approx(v) for v in reported]
 
 
 @pytest.mark.slow

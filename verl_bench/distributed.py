@@ -7,6 +7,7 @@ from, and hands ``train`` a reporter that forwards metrics (and, from rank 0, th
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -17,29 +18,63 @@ def _worker(config: dict) -> None:
     import ray.train
     import torch
 
-    from verl_bench.train import train
+    from verl_bench.train import latest_checkpoint, train
 
     cfg = from_dict(TrainConfig, config["cfg"])
     ctx = ray.train.get_context()
     if not cfg.ray.use_gpu:
         torch.set_num_threads(max(1, cfg.ray.cpus_per_worker))
-    resume_from = None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        resume_from = checkpoint.to_directory()
+    # what train() will resume from: Train's checkpoint (by its storage path), else the newest one in the
+    # run's own folder
+    carry = _sweep_carry(config.get("report_keys"),
+                         checkpoint.path if checkpoint is not None else latest_checkpoint(cfg.run_dir))
 
     def report(metrics: dict, ckpt_dir: Path | None) -> None:
+        if carry is not None:
+            # the keys are the same on every rank, so all ranks skip (or send) the same reports
+            row = carry(metrics)
+            if row is None:
+                return
+            from verl_bench.sweep.report import clean
+
+            metrics = clean(row)
         ckpt = ray.train.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None else None
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=ckpt_dir.name if ckpt_dir else None)
 
-    if ctx.get_world_rank() == 0:
-        print(f"[verl-bench] {ctx.get_world_size()} worker(s), resume_from={resume_from}", flush=True)
-    train(cfg, report=report, resume_from=resume_from)
+    # a checkpoint on a local or shared disk is read in place; one in remote storage is downloaded first
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as resume_from:
+        if ctx.get_world_rank() == 0:
+            print(f"[verl-bench] {ctx.get_world_size()} worker(s), resume_from={resume_from}", flush=True)
+        train(cfg, report=report, resume_from=resume_from)
+
+
+def _sweep_carry(report_keys: list[str] | None, resume_from):
+    """In a sweep trial (``report_keys`` set), reports go to Tune as one running row (see
+    ``verl_bench.sweep.report.Carry``) that also says where rank 0 runs, what it resumed from and the size of
+    the torch process group the loop trains in."""
+    if report_keys is None:
+        return None
+    import socket
+
+    import ray
+    import torch.distributed as dist
+
+    from verl_bench.sweep.report import Carry
+
+    return Carry(report_keys, extra={
+        "world_size": dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1,
+        "node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
+        "restored_from": str(resume_from or ""),
+    })
 
 
 def train_with_ray(cfg: TrainConfig, *, storage_path: str | None = None, name: str | None = None,
-                   callbacks: list | None = None, max_failures: int = 0):
-    """Fit a TorchTrainer running ``train`` on ``cfg.ray.num_workers`` workers. Returns the Ray Result."""
+                   callbacks: list | None = None, max_failures: int = 0, report_keys: list[str] | None = None):
+    """Fit a TorchTrainer running ``train`` on ``cfg.ray.num_workers`` workers. Returns the Ray Result.
+
+    ``report_keys``: inside a sweep trial, the metrics Tune needs in every report (see ``_sweep_carry``).
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -49,7 +84,7 @@ def train_with_ray(cfg: TrainConfig, *, storage_path: str | None = None, name: s
     init_ray(cfg.ray.address)
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"cfg": cfg_dict},
+        train_loop_config={"cfg": cfg_dict, "report_keys": report_keys},
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
         run_config=RunConfig(
@@ -63,15 +98,18 @@ def train_with_ray(cfg: TrainConfig, *, storage_path: str | None = None, name: s
     return trainer.fit()
 
 
-def init_ray(address: str | None = None, **kwargs) -> None:
+def init_ray(address: str | None = None, dashboard: bool = False, **kwargs) -> None:
     """Join the Ray cluster at ``address``, or start a local one, unless Ray is already up.
 
-    The driver's offline switches, data root and model cache travel to every worker.
+    The driver's offline switches, data root and model cache travel to every worker. ``dashboard``: start
+    the dashboard head, which serves Ray's state API; Ray Train V2 needs it to free the workers' placement
+    group when a Train run's controller is killed (Tune stopping a Train-backed trial: ASHA, max_t), else
+    that group's CPUs stay reserved and the next trial waits for its workers forever.
     """
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=kwargs.pop("log_to_driver", True),
+        ray.init(address=address, include_dashboard=dashboard, log_to_driver=kwargs.pop("log_to_driver", True),
                  runtime_env={"env_vars": {k: os.environ[k] for k in PASSED_ENV if k in os.environ}}, **kwargs)
 
 

@@ -1,39 +1,99 @@
-"""Running a sweep: one plain Tune function trial per sampled config, Optuna/ASHA, resume, the CLI."""
+"""Running a sweep: one Tune trial per sampled config (in-process, or driving Ray Train workers), Optuna /
+random / grid search, ASHA or PBT, resume, a progress line, the CLI."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import gc
 import json
-import math
+import os
 from pathlib import Path
 
 from verl_bench.config import ConfigError, TrainConfig, _merge, from_dict
+from verl_bench.sweep.report import Carry, clean
 from verl_bench.sweep.spec import REPEAT_FILE, SweepSpec, _flat, _nest, check_resources, load_sweep
+
+# What a trial process that only drives Ray Train workers reserves when it asks for no CPU (resources.cpu 0):
+# Tune cannot schedule an empty request, and memory is what such a process does use.
+DRIVER_MEMORY = 256 * 2**20
 
 
 def _trial(config: dict, sweep: dict) -> None:
-    """One Tune trial: train the sampled config (``seed_repeats`` seeds in turn), report every step."""
+    """One Tune trial: train the sampled config and report every step to Tune.
+
+    ``ray.num_workers`` 1: ``train`` runs in this process. More: this process fits a Ray Train TorchTrainer
+    that runs the same ``train`` on the workers (``verl_bench.distributed``), which report through
+    ``TuneReportCallback``. Nothing here outlives the trial: with reused actors the next trial starts clean.
+    """
+    from ray import tune
+
+    sampled = _flat(config)
+    cfg = from_dict(TrainConfig, _merge(sweep["base"], _nest(sampled)), source=f"trial config {sampled}")
+    # the trial's folder in the sweep's storage (get_trial_dir() is a per-Ray-session staging copy that is
+    # only synced at the end, so a resumed trial would not see its own run there)
+    trial_dir = Path(sweep["experiment_path"]) / Path(tune.get_context().get_trial_dir()).name
+    try:
+        if cfg.ray.num_workers > 1:
+            _fit_train_run(cfg, trial_dir, sweep)
+        else:
+            _train_in_process(cfg, trial_dir, sweep)
+    finally:
+        _free_memory()
+
+
+def _free_memory() -> None:
+    """A reused trial actor keeps its process: drop this trial's model, optimizer and CUDA cache now."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _where_it_runs() -> dict:
     import socket
 
     import ray
+
+    # a multi-node sweep spreads trials over the cluster's nodes; the pid shows which trials shared a process
+    return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
+            "pid": os.getpid()}
+
+
+def _fit_train_run(cfg: TrainConfig, trial_dir: Path, sweep: dict) -> None:
+    """Fit a TorchTrainer over ``cfg.ray.num_workers`` workers; its results reach Tune via TuneReportCallback.
+
+    The Train run's (storage, name) is fixed per trial: when Tune retries the trial after a failure, or
+    ``--resume`` restores it, fitting it again resumes from the run's newest checkpoint. Tune gets each
+    checkpoint's path as the metric ``checkpoint_path`` (Train keeps the checkpoints, Tune gets none).
+    """
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from verl_bench.distributed import train_with_ray
+
+    cfg = dataclasses.replace(cfg, run_dir=str(trial_dir / "run"))
+    train_with_ray(cfg, storage_path=str(trial_dir / "train"), name=f"train-{tune.get_context().get_trial_id()}",
+                   callbacks=[TuneReportCallback()], report_keys=sweep["metrics"])
+
+
+def _train_in_process(cfg: TrainConfig, trial_dir: Path, sweep: dict) -> None:
+    """Train in this process, ``seed_repeats`` seeds in turn; each report carries the step's HF checkpoint.
+
+    Resumes from ``ray.tune.get_checkpoint()``: after a failure or ``--resume`` (this trial's own) and when
+    PBT restarts the trial from another trial's checkpoint with a mutated config.
+    """
     from ray import tune
 
     from verl_bench.train import latest_checkpoint, train
 
-    # where the trial ran (a multi-node sweep spreads trials over the cluster's nodes)
-    placement = {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname()}
-    sampled = _flat(config)
-    base = sweep["base"]
-    metric, repeats = sweep["metric"], sweep["seed_repeats"]
-    cfg = from_dict(TrainConfig, _merge(base, _nest(sampled)), source=f"trial config {sampled}")
-    ctx = tune.get_context()
-    # the trial's folder in the sweep's storage (get_trial_dir() is a per-Ray-session staging copy that is
-    # only synced at the end, so a resumed trial would not see its own run there)
-    trial_dir = Path(sweep["experiment_path"]) / Path(ctx.get_trial_dir()).name
+    metrics, repeats = sweep["metrics"], sweep["seed_repeats"]
+    metric = metrics[0]  # seed_repeats > 1 only with a single metric (checked by the spec)
     if cfg.threads is None:
         cfg = dataclasses.replace(cfg, threads=max(1, int(sweep["cpu"])))
 
-    # where to resume: Tune's checkpoint (after a failure or --resume) names the repeat it belongs to
+    # where to resume: Tune's checkpoint names the repeat it belongs to
     repeat, finals, resume_from = 0, [], None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -45,22 +105,23 @@ def _trial(config: dict, sweep: dict) -> None:
             if st["repeat"] != st["ckpt_repeat"]:  # the checkpoint ended the previous seed: start the next
                 resume_from = None
 
-    carried: dict = {}
+    carry = Carry(metrics, extra=_where_it_runs())
     while repeat < repeats:
         run_cfg = dataclasses.replace(cfg, seed=cfg.seed + repeat,
                                       run_dir=str(trial_dir / ("run" if repeats == 1 else f"run_seed{repeat}")))
         latest: dict = {}
-        if resume_from is None and latest_checkpoint(run_cfg.run_dir) is None:
+        own = latest_checkpoint(run_cfg.run_dir)  # what train() resumes from when Tune gives no checkpoint
+        if resume_from is None and own is None:
             # a restarted trial that never checkpointed starts over: drop the rows of its first attempt
             Path(run_cfg.run_dir, "metrics.jsonl").unlink(missing_ok=True)
+        carry.extra["restored_from"] = str(resume_from or own or "")
 
-        def report(metrics: dict, ckpt_dir, _r=repeat, _latest=latest, _steps=run_cfg.steps) -> None:
-            carried.update(metrics)  # every report carries the newest value of every key seen so far
-            if metric in metrics:
-                _latest["v"] = metrics[metric]
-            if metric not in carried:
+        def report(step_metrics: dict, ckpt_dir, _r=repeat, _latest=latest, _steps=run_cfg.steps) -> None:
+            if metric in step_metrics:
+                _latest["v"] = step_metrics[metric]
+            out = carry(step_metrics)
+            if out is None:
                 return  # e.g. step 0 (validation only) before the first reward: merged into the next report
-            out = {**carried, **placement}
             if repeats > 1:
                 done = finals + ([_latest["v"]] if "v" in _latest else [])
                 out[f"{metric}/seed{_r}"] = _latest.get("v")
@@ -69,39 +130,38 @@ def _trial(config: dict, sweep: dict) -> None:
             ckpt = None
             if ckpt_dir is not None:
                 if repeats > 1:
-                    final = metrics["step"] == _steps
+                    final = step_metrics["step"] == _steps
                     nxt = {"ckpt_repeat": _r, "repeat": _r + 1 if final else _r,
                            "finals": [*finals, _latest["v"]] if final else finals}
                     (Path(ckpt_dir) / REPEAT_FILE).write_text(json.dumps(nxt))
                 ckpt = tune.Checkpoint.from_directory(str(ckpt_dir))
-            tune.report(_clean(out), checkpoint=ckpt)
+            tune.report(clean(out), checkpoint=ckpt)
 
         train(run_cfg, report=report, resume_from=resume_from)
         finals.append(latest.get("v", float("nan")))
         repeat, resume_from = repeat + 1, None
 
 
-def _clean(m: dict) -> dict:
-    return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in m.items()
-            if isinstance(v, (int, float, str, bool)) or v is None}
-
-
 # ------------------------------------------------------------------------------------------ the sweep
-def _param_space(spec: SweepSpec) -> dict:
+def _domain(d, spec: SweepSpec):
+    """A Tune sampler for one dimension (a plain list for PBT's choice mutations: it shifts along it)."""
     from ray import tune
 
-    flat = {}
-    for d in spec.space:
-        if d.kind == "uniform":
-            flat[d.key] = tune.uniform(*d.args)
-        elif d.kind == "loguniform":
-            flat[d.key] = tune.loguniform(*d.args)
-        elif d.kind == "int":
-            flat[d.key] = tune.randint(d.args[0], d.args[1] + 1)  # Tune's upper bound is exclusive
-        elif d.kind == "grid" or (d.kind == "choice" and spec.algo == "grid"):
-            flat[d.key] = tune.grid_search(list(d.args))
-        else:
-            flat[d.key] = tune.choice(list(d.args))
+    if d.kind == "uniform":
+        return tune.uniform(*d.args)
+    if d.kind == "loguniform":
+        return tune.loguniform(*d.args)
+    if d.kind == "int":
+        return tune.randint(d.args[0], d.args[1] + 1)  # Tune's upper bound is exclusive
+    if d.kind == "grid" or (d.kind == "choice" and spec.algo == "grid"):
+        return tune.grid_search(list(d.args))
+    return tune.choice(list(d.args))
+
+
+def _param_space(spec: SweepSpec) -> dict:
+    flat = {d.key: _domain(d, spec) for d in spec.space}
+    for d in spec.mutations:  # PBT mutates only keys present in every trial's config: sample the rest too
+        flat.setdefault(d.key, _domain(d, spec))
     return _nest(flat)
 
 
@@ -112,20 +172,64 @@ def _search_alg(spec: SweepSpec):
         from ray.tune.search.optuna import OptunaSearch
 
         points = [{k.replace(".", "/"): v for k, v in p.items()} for p in spec.points_to_evaluate]
-        return ConcurrencyLimiter(OptunaSearch(points_to_evaluate=points or None, seed=spec.search_seed),
+        # a multi-objective search names its metrics here: Tune's TuneConfig takes one metric only
+        objectives = {"metric": spec.metrics, "mode": spec.modes} if len(spec.metrics) > 1 else {}
+        return ConcurrencyLimiter(OptunaSearch(points_to_evaluate=points or None, seed=spec.search_seed,
+                                               **objectives),
                                   max_concurrent=spec.max_concurrent)
     points = [_nest(p) for p in spec.points_to_evaluate] or None
     return BasicVariantGenerator(points_to_evaluate=points, max_concurrent=spec.max_concurrent,
                                  random_state=spec.search_seed)
 
 
+def _scheduler(spec: SweepSpec):
+    """ASHA or PBT on the training step. With several metrics ASHA stops on the first one (it ranks trials by
+    a single number); with one metric, the schedulers take it from TuneConfig."""
+    first = {"metric": spec.metrics[0], "mode": spec.modes[0]} if len(spec.metrics) > 1 else {}
+    if spec.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(time_attr="step", max_t=spec.max_t, grace_period=spec.grace_period, **first)
+    if spec.scheduler == "pbt":
+        from ray.tune.schedulers import PopulationBasedTraining
+
+        mutations = {d.key: list(d.args) if d.kind == "choice" else _domain(d, spec) for d in spec.mutations}
+        bounds = [(d.key, d.kind, *d.args) for d in spec.mutations if d.kind in ("uniform", "loguniform", "int")]
+        return PopulationBasedTraining(
+            time_attr="step", perturbation_interval=spec.perturbation_interval,
+            hyperparam_mutations=_nest(mutations), quantile_fraction=spec.quantile_fraction,
+            resample_probability=spec.resample_probability,
+            custom_explore_fn=functools.partial(_clamp_to_bounds, bounds=bounds), **first)
+    return None
+
+
+def _clamp_to_bounds(config: dict, bounds: list[tuple]) -> dict:
+    """PBT perturbs a number by x0.8 or x1.2, which can leave its declared range (and a valid config, e.g.
+    shaping.alpha > 1): pull each mutated value back inside its bounds."""
+    for key, kind, lo, hi in bounds:
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        v = min(max(node[leaf], lo), hi)
+        node[leaf] = round(v) if kind == "int" else float(v)
+    return config
+
+
 def _trainable(spec: SweepSpec, path: Path):
     from ray import tune
 
-    payload = {"base": spec.base, "metric": spec.metric, "seed_repeats": spec.seed_repeats, "cpu": spec.cpu,
+    payload = {"base": spec.base, "metrics": spec.metrics, "seed_repeats": spec.seed_repeats, "cpu": spec.cpu,
                "experiment_path": str(path)}
     fn = tune.with_parameters(_trial, sweep=payload)
-    return tune.with_resources(fn, {"cpu": spec.cpu, "gpu": spec.gpu})
+    return tune.with_resources(fn, _trial_resources(spec))
+
+
+def _trial_resources(spec: SweepSpec) -> dict:
+    """What Tune reserves for a trial's own process. Train workers reserve theirs when their run starts."""
+    if spec.workers > 1 and spec.cpu == 0:
+        return {"cpu": 0, "gpu": 0, "memory": DRIVER_MEMORY}
+    return {"cpu": spec.cpu, "gpu": spec.gpu}
 
 
 def experiment_path(spec: SweepSpec, storage: str | None = None, name: str | None = None) -> Path:
@@ -134,11 +238,13 @@ def experiment_path(spec: SweepSpec, storage: str | None = None, name: str | Non
 
 
 def run_sweep(space_path: str | Path, *, resume: bool = False, storage: str | None = None,
-              name: str | None = None, address: str | None = None):
+              name: str | None = None, address: str | None = None, progress_every_s: float = 30.0):
     """Validate ``space_path``, start (or join) Ray and run the sweep. Returns the Tune ResultGrid.
 
     ``resume=True`` restores the experiment at ``storage/name`` (finished trials are kept, unfinished and
-    errored ones continue from their last checkpoint). Without ``address`` a local Ray is started.
+    errored ones continue from their last checkpoint). Without ``address`` a local Ray is started. A status
+    line (trial counts, best value so far) is printed when trials start or end and at most every
+    ``progress_every_s`` seconds in between.
     """
     spec = load_sweep(space_path)
     check_resources(spec, address)
@@ -149,8 +255,9 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, storage: str | No
     from ray import tune
 
     from verl_bench.distributed import init_ray
+    from verl_bench.sweep.progress import SweepProgress
 
-    init_ray(address)
+    init_ray(address, dashboard=spec.workers > 1)  # see init_ray: Train-backed trials need the state API
     trainable = _trainable(spec, path)
     if resume:
         if not tune.Tuner.can_restore(str(path)):
@@ -158,44 +265,76 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, storage: str | No
         tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
         return tuner.fit()
 
-    scheduler = None
-    if spec.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        scheduler = ASHAScheduler(time_attr="step", max_t=spec.max_t, grace_period=spec.grace_period)
+    single = len(spec.metrics) == 1
+    note = "" if single else f" (first of {len(spec.metrics)} metrics)"
     tuner = tune.Tuner(
         trainable,
         param_space=_param_space(spec),
-        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=spec.num_samples,
-                                    search_alg=_search_alg(spec), scheduler=scheduler),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric if single else None, mode=spec.mode if single else None,
+            num_samples=spec.num_samples, search_alg=_search_alg(spec), scheduler=_scheduler(spec),
+            # a plain trial's process is reused by the next trial (a few seconds saved per trial; the trial
+            # keeps no state in module globals). A Train-backed trial's process only drives its workers.
+            reuse_actors=spec.workers == 1,
+        ),
         run_config=tune.RunConfig(
             name=path.name, storage_path=str(path.parent),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.base["keep_checkpoints"] or None),
-            verbose=1,
+            callbacks=[SweepProgress(spec.metrics[0], spec.modes[0], progress_every_s, note)],
+            verbose=0,  # SweepProgress prints the status; Tune's tables would repeat it every few seconds
         ),
     )
     return tuner.fit()
 
 
+def pareto_front(results: list, metrics: list[str], modes: list[str]) -> list:
+    """The results no other result beats on every metric (ties allowed), for multi-objective sweeps."""
+    sign = [1 if m == "max" else -1 for m in modes]
+    scored = [(r, [s * r.metrics[k] for s, k in zip(sign, metrics)]) for r in results
+              if r.metrics and all(isinstance(r.metrics.get(k), (int, float)) for k in metrics)]
+
+    def dominated(a, b):  # b is at least as good everywhere and better somewhere
+        return all(y >= x for x, y in zip(a, b)) and any(y > x for x, y in zip(a, b))
+
+    return [r for r, v in scored if not any(dominated(v, w) for _, w in scored)]
+
+
 # ------------------------------------------------------------------------------------------ CLI
+def _describe(spec: SweepSpec) -> str:
+    """The plan, as --dry-run prints it."""
+    objectives = ", ".join(f"{m} ({md})" for m, md in zip(spec.metrics, spec.modes))
+    sched = spec.scheduler
+    if sched == "asha":
+        sched += f" on {spec.metrics[0]}" + (" (ASHA stops on the first metric)" if len(spec.metrics) > 1 else "")
+    elif sched == "pbt":
+        sched += (f" every {spec.perturbation_interval} step(s), mutating "
+                  f"{[d.key for d in spec.mutations]}, population {spec.population}")
+    where = (f"{spec.workers} Ray Train workers per trial ({spec.base['ray']['cpus_per_worker']} CPU each"
+             f"{', GPU' if spec.base['ray']['use_gpu'] else ''}) + {spec.cpu:g} CPU for the trial process"
+             if spec.workers > 1 else f"{spec.cpu:g} CPU, {spec.gpu:g} GPU per trial (actors reused)")
+    return (f"{len(spec.space)} dimension(s), algo {spec.algo}, {spec.num_samples} sample(s) x "
+            f"{spec.seed_repeats} seed(s), scheduler {sched}, metric {objectives}; {where}; "
+            f"first points: {spec.points_to_evaluate}")
+
+
 def _cmd_sweep(args) -> int:
     spec = load_sweep(args.space)
     check_resources(spec, args.address)
     if args.dry_run:
-        print(f"{args.space}: ok -- {len(spec.space)} dimension(s), algo {spec.algo}, {spec.num_samples} "
-              f"sample(s) x {spec.seed_repeats} seed(s), scheduler {spec.scheduler}, metric {spec.metric} "
-              f"({spec.mode}); first points: {spec.points_to_evaluate}; "
-              f"results in {experiment_path(spec, args.storage, args.name)}")
+        print(f"{args.space}: ok -- {_describe(spec)}; results in {experiment_path(spec, args.storage, args.name)}")
         return 0
     grid = run_sweep(args.space, resume=args.resume, storage=args.storage, name=args.name, address=args.address)
     errors = [r for r in grid if r.error]
     try:
-        best = grid.get_best_result()
-        shown = {k: best.metrics.get(k) for k in (spec.metric, "step")}
+        best = grid.get_best_result(metric=spec.metrics[0], mode=spec.modes[0])
+        shown = {k: best.metrics.get(k) for k in (*spec.metrics, "step")}
         print(f"best: {_flat(best.config)} -> {shown} ({best.path})")
     except RuntimeError:
         print("no trial reported the metric")
+    if len(spec.metrics) > 1:
+        for r in pareto_front(list(grid), spec.metrics, spec.modes):
+            print(f"pareto: {_flat(r.config)} -> {({k: r.metrics[k] for k in spec.metrics})}")
     print(f"{len(grid)} trial(s), {len(errors)} failed: {grid.experiment_path}")
     return 1 if errors else 0
 

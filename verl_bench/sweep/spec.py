@@ -17,7 +17,11 @@ from verl_bench.config import ConfigError, TrainConfig, _key_lines, _merge, from
 SEARCH_SPACES = Path(__file__).resolve().parents[2] / "search_spaces"
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice", "grid")
 ALGOS = ("optuna", "random", "grid")
-SCHEDULERS = ("asha", "none")
+SCHEDULER_KEYS = {  # the keys each scheduler kind reads besides `kind`
+    "asha": ("grace_period", "max_t"),
+    "pbt": ("perturbation_interval", "hyperparam_mutations", "quantile_fraction", "resample_probability"),
+    "none": (),
+}
 TOP_KEYS = ("base", "space", "search", "scheduler", "metric", "mode", "num_samples", "seed_repeats",
             "resources", "max_concurrent", "max_failures", "name", "storage")
 # what verl_bench.train.train reports (val/* only at eval steps and the last step)
@@ -25,6 +29,14 @@ KNOWN_METRICS = ("reward/mean", "reward/std", "accuracy", "response_length", "ra
                  "verl/beta_mean", "verl/phi_mean", "verl/frac_shaped", "verl/lambda", "loss", "kl", "entropy",
                  "clip_frac", "grad_norm", "tokens_per_s", "val/accuracy", "val/response_length")
 REPEAT_FILE = "sweep_repeat.json"  # inside a Tune checkpoint when seed_repeats > 1
+# Keys PBT may change when it restarts a trial from another trial's checkpoint: train() reads them afresh at
+# every (re)start and the checkpoint holds nothing that depends on them (it re-applies lr and weight decay
+# after loading the optimizer state). Every other key fixes what a checkpoint means (model, data, seed,
+# rollout sizes, the rank window, the shaper's baseline init, steps...) and must stay constant within a run.
+PBT_MUTABLE = ("algo.lr", "algo.weight_decay", "algo.max_grad_norm", "algo.clip_low", "algo.clip_high",
+               "algo.kl_coef", "algo.entropy_coef", "rollout.temperature", "rollout.top_p",
+               "shaping.alpha", "shaping.gain", "shaping.tau", "shaping.gate", "shaping.mode", "shaping.lam",
+               "shaping.lambda_mode", "shaping.kappa", "shaping.placement", "shaping.target", "shaping.clip")
 
 
 @dataclass
@@ -54,16 +66,48 @@ class SweepSpec:
     scheduler: str = "none"
     grace_period: int = 1
     max_t: int | None = None
-    metric: str = "val/accuracy"
-    mode: str = "max"
+    perturbation_interval: int = 0  # PBT, in training steps
+    mutations: list[Dim] = field(default_factory=list)  # PBT: what it may change, and within which bounds
+    quantile_fraction: float = 0.25
+    resample_probability: float = 0.25
+    metric: str | list[str] = "val/accuracy"  # a list: multi-objective (Optuna only)
+    mode: str | list[str] = "max"
     num_samples: int = 1
     seed_repeats: int = 1
-    cpu: float = 1.0
+    cpu: float = 1.0  # per trial: its own process (with ray.num_workers > 1, the driver of its Train workers)
     gpu: float = 0.0
     max_concurrent: int = 1
     max_failures: int = 0
     name: str = "sweep"
     storage: str | None = None
+    lines: dict = field(default_factory=dict, repr=False)  # dotted key -> line in the sweep file
+
+    def where(self, key: str) -> str:
+        """``file:line: key`` for messages about this sweep file."""
+        line = self.lines.get(key)
+        return f"{self.source}:{line}: {key}" if line else f"{self.source}: {key}"
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.metric) if isinstance(self.metric, list) else [self.metric]
+
+    @property
+    def modes(self) -> list[str]:
+        return list(self.mode) if isinstance(self.mode, list) else [self.mode]
+
+    @property
+    def workers(self) -> int:
+        """Ray Train workers per trial (1: the trial trains in its own process)."""
+        return self.base["ray"]["num_workers"]
+
+    @property
+    def population(self) -> int:
+        """Trials the search creates: num_samples, times the grid's size for grid dimensions."""
+        n = self.num_samples
+        for d in self.space:
+            if d.kind == "grid" or (d.kind == "choice" and self.algo == "grid"):
+                n *= len(d.args)
+        return n
 
     def trial_config(self, sampled: dict) -> TrainConfig:
         """The base config with dotted ``sampled`` values applied, validated."""
@@ -102,7 +146,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         if key not in raw:
             raise ConfigError(f"{source}: missing required key {key!r}")
 
-    spec = SweepSpec(source=source, base={}, space=[], name=path.stem)
+    spec = SweepSpec(source=source, base={}, space=[], name=path.stem, lines=lines)
     spec.base = _load_base(raw["base"], path, lines, where)
 
     # --- scalars
@@ -116,15 +160,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
     spec.seed_repeats = integer("seed_repeats", 1, 1)
     spec.max_concurrent = integer("max_concurrent", 1, 1)
     spec.max_failures = integer("max_failures", -1, 0)
-    spec.metric = raw.get("metric", spec.metric)
-    if not isinstance(spec.metric, str) or not (spec.metric in KNOWN_METRICS or spec.metric.startswith(
-            ("val/", "time/", "memory/"))):
-        close = difflib.get_close_matches(str(spec.metric), KNOWN_METRICS, n=1)
-        fail("metric", f"unknown metric {spec.metric!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
-                       f"train reports: {list(KNOWN_METRICS)}")
-    spec.mode = raw.get("mode", spec.mode)
-    if spec.mode not in ("max", "min"):
-        fail("mode", f"must be max or min, got {spec.mode!r}")
+    spec.metric, spec.mode = _parse_objectives(raw.get("metric", spec.metric), raw.get("mode", spec.mode), fail)
+    if spec.base["data"]["eval_size"] == 0 and any(m.startswith("val/") for m in spec.metrics):
+        fail("metric", "val/* metrics come from the held-out validation, which the base config turns off "
+                       "(data.eval_size: 0)")
     for key in ("name", "storage"):
         if key in raw:
             if not isinstance(raw[key], str) or not raw[key]:
@@ -138,9 +177,45 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if not isinstance(space, dict) or not space:
         fail("space", "expected a non-empty mapping of dotted config keys to distributions")
     for key, dist in space.items():
+        if str(key).startswith("ray."):
+            fail(f"space.{key}", "ray.* keys decide how every trial runs and are fixed for a sweep: set them "
+                                 "in the base config")
         spec.space.append(_parse_dim(spec, str(key), dist, f"space.{key}", where, fail))
 
-    # --- search
+    _parse_search(spec, raw, where, fail)
+    if len(spec.metrics) > 1:
+        if spec.algo != "optuna":
+            fail("metric", "a list of metrics is a multi-objective search, which needs search.algo optuna "
+                           f"(search.algo {spec.algo} does not use the metric): name one metric")
+        if spec.seed_repeats > 1:
+            fail("seed_repeats", "seed_repeats averages one metric over seeds: name one metric")
+    _parse_scheduler(spec, raw, where, fail)
+    _parse_resources(spec, raw, fail)
+    return spec
+
+
+def _parse_objectives(metric, mode, fail) -> tuple:
+    """``metric``/``mode``: one name and max|min, or equal-length lists (a multi-objective Optuna search)."""
+    names = metric if isinstance(metric, list) else [metric]
+    if not names:
+        fail("metric", "expected a metric name or a non-empty list of them")
+    for m in names:
+        if not isinstance(m, str) or not (m in KNOWN_METRICS or m.startswith(("val/", "time/", "memory/"))):
+            close = difflib.get_close_matches(str(m), KNOWN_METRICS, n=1)
+            fail("metric", f"unknown metric {m!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                           f"train reports: {list(KNOWN_METRICS)}")
+    if len(set(names)) != len(names):
+        fail("metric", f"names a metric twice: {names}")
+    modes = mode if isinstance(mode, list) else [mode]
+    if isinstance(metric, list) != isinstance(mode, list) or len(modes) != len(names):
+        fail("mode", f"needs one mode (max or min) per metric: {len(names)} metric(s) {names}, got {mode!r}")
+    for m in modes:
+        if m not in ("max", "min"):
+            fail("mode", f"must be max or min, got {m!r}")
+    return (names[0], modes[0]) if len(names) == 1 else (names, modes)
+
+
+def _parse_search(spec: SweepSpec, raw: dict, where, fail) -> None:
     search = _section(raw, "search", ("algo", "seed", "points_to_evaluate"), fail)
     spec.algo = search.get("algo", "optuna")
     if spec.algo not in ALGOS:
@@ -184,11 +259,17 @@ def load_sweep(path: str | Path) -> SweepSpec:
         if all(d.contains(point[d.key]) for d in spec.space):
             spec.points_to_evaluate = [point]  # the base config's (paper's) values are tried first
 
-    # --- scheduler
-    sched = _section(raw, "scheduler", ("kind", "grace_period", "max_t"), fail)
+
+def _parse_scheduler(spec: SweepSpec, raw: dict, where, fail) -> None:
+    every = tuple(k for keys in SCHEDULER_KEYS.values() for k in keys)
+    sched = _section(raw, "scheduler", ("kind", *every), fail)
     spec.scheduler = sched.get("kind", "none")
-    if spec.scheduler not in SCHEDULERS:
-        fail("scheduler.kind", f"must be one of {list(SCHEDULERS)}, got {spec.scheduler!r}")
+    if spec.scheduler not in SCHEDULER_KEYS:
+        fail("scheduler.kind", f"must be one of {list(SCHEDULER_KEYS)}, got {spec.scheduler!r}")
+    for k in sched:
+        if k != "kind" and k not in SCHEDULER_KEYS[spec.scheduler]:
+            fail(f"scheduler.{k}", f"not used by scheduler kind {spec.scheduler} (its keys: "
+                                   f"{list(SCHEDULER_KEYS[spec.scheduler])})")
     spec.grace_period = sched.get("grace_period", 1)
     spec.max_t = sched.get("max_t", spec.base["steps"])
     for k in ("grace_period", "max_t"):
@@ -200,35 +281,128 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if spec.scheduler == "asha" and spec.seed_repeats > 1:
         fail("seed_repeats", "seed_repeats > 1 runs seeds one after another inside a trial; ASHA would "
                              "compare steps of different seeds: use scheduler kind none")
+    if spec.scheduler == "pbt":
+        _parse_pbt(spec, sched, raw, where, fail)
 
-    # --- resources
-    res = _section(raw, "resources", ("cpu", "gpu"), fail)
-    for k, lo in (("cpu", 0.0), ("gpu", 0.0)):
-        v = res.get(k, getattr(spec, k))
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < lo or (k == "cpu" and v == 0):
-            fail(f"resources.{k}", f"expected a number {'> 0' if k == 'cpu' else '>= 0'}, got {v!r}")
+
+def _parse_pbt(spec: SweepSpec, sched: dict, raw: dict, where, fail) -> None:
+    """PBT restarts its worst trials from its best trials' checkpoints with mutated configs: check that the
+    mutated keys can change mid-run and that a checkpoint exists at every perturbation step."""
+    if spec.algo == "optuna":
+        fail("search.algo", "PBT explores by mutating its population's configs and Tune does not combine it "
+                            "with a searcher: use search.algo random (or grid)")
+    if spec.seed_repeats > 1:
+        fail("seed_repeats", "PBT moves checkpoints between trials; seed repeats inside a trial cannot follow: "
+                             "use seed_repeats 1")
+    if spec.workers > 1:
+        fail("base", "PBT needs Tune checkpoints, which trials with Ray Train workers (ray.num_workers > 1) do "
+                     "not give Tune: use ray.num_workers: 1, or scheduler kind asha/none")
+    steps, every = spec.base["steps"], spec.base["checkpoint_every"]
+    interval = sched.get("perturbation_interval")
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        fail("scheduler.perturbation_interval" if "perturbation_interval" in sched else "scheduler",
+             f"PBT needs perturbation_interval: an integer >= 1 (training steps), got {interval!r}")
+    if interval >= steps:
+        fail("scheduler.perturbation_interval", f"must be < the base config's steps ({steps}), else no trial "
+                                                "is ever perturbed")
+    if every == 0 or interval % every:
+        fail("scheduler.perturbation_interval", f"must be a multiple of the base config's checkpoint_every "
+                                                f"({every}): PBT clones the checkpoint a trial reported at the "
+                                                "perturbation step, so there must be one at that step")
+    spec.perturbation_interval = interval
+    keep = spec.base["keep_checkpoints"]
+    if 0 < keep < 3:
+        fail("base", f"keep_checkpoints {keep}: PBT needs 0 (all) or >= 3, so that a donor's checkpoint is not "
+                     "deleted before the trial that clones it has loaded it")
+    for k, lo, hi in (("quantile_fraction", 0.0, 0.5), ("resample_probability", 0.0, 1.0)):
+        v = sched.get(k, getattr(spec, k))
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi or (
+                k == "quantile_fraction" and v == 0):
+            fail(f"scheduler.{k}", f"expected a number in {'(' if k == 'quantile_fraction' else '['}{lo}, {hi}], "
+                                   f"got {v!r}")
         setattr(spec, k, float(v))
-    if spec.base["ray"]["num_workers"] != 1:
-        fail("base", "sweep trials run one process each: set ray.num_workers: 1 in the base config")
-    if spec.base["ray"]["use_gpu"] and spec.gpu == 0:
+
+    mutations = sched.get("hyperparam_mutations")
+    if mutations is None:
+        spec.mutations = list(spec.space)  # default: PBT may move every swept key within its space
+    else:
+        if not isinstance(mutations, dict) or not mutations:
+            fail("scheduler.hyperparam_mutations", "expected a mapping of dotted config keys to distributions")
+        for key, dist in mutations.items():
+            spec.mutations.append(_parse_dim(spec, str(key), dist, f"scheduler.hyperparam_mutations.{key}",
+                                             where, fail))
+    for d, loc in [(d, f"space.{d.key}") for d in spec.space] + [
+            (d, f"scheduler.hyperparam_mutations.{d.key}") for d in (spec.mutations if mutations else [])]:
+        if d.key not in PBT_MUTABLE:
+            fail(loc, f"{d.key} cannot change in the middle of a run (PBT restarts trials from other trials' "
+                      f"checkpoints with mutated values); keys PBT may change: {list(PBT_MUTABLE)}")
+    for d in spec.mutations:
+        if d.kind == "grid":
+            fail(f"space.{d.key}" if mutations is None else f"scheduler.hyperparam_mutations.{d.key}",
+                 "grid is not a mutation: use choice (PBT moves to a neighbouring value) or a range")
+    if spec.population < 2:
+        fail("num_samples", f"PBT needs a population of at least 2 trials, got {spec.population}")
+    if "max_concurrent" in raw and spec.max_concurrent < spec.population:
+        fail("max_concurrent", f"PBT keeps its whole population ({spec.population} trials) alive and pauses "
+                               "those that do not fit the resources: set max_concurrent >= the population "
+                               "or leave it out")
+    spec.max_concurrent = spec.population
+
+
+def _parse_resources(spec: SweepSpec, raw: dict, fail) -> None:
+    """Per-trial resources. With ray.num_workers > 1 they are the trial's own process, which only drives its
+    Train workers (each worker reserves ray.cpus_per_worker CPUs, and a GPU with ray.use_gpu, itself)."""
+    train_workers = spec.workers > 1
+    res = _section(raw, "resources", ("cpu", "gpu"), fail)
+    for k in ("cpu", "gpu"):
+        v = res.get(k, getattr(spec, k))
+        zero_ok = k == "gpu" or train_workers
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (v == 0 and not zero_ok):
+            fail(f"resources.{k}", f"expected a number {'>= 0' if zero_ok else '> 0'}, got {v!r}"
+                 + ("" if zero_ok else " (cpu 0 is for trials that drive Ray Train workers: ray.num_workers > 1)"))
+        setattr(spec, k, float(v))
+    if train_workers:
+        if spec.gpu > 0:
+            fail("resources.gpu", "with ray.num_workers > 1 a trial's own process only drives its Train workers, "
+                                  "which take GPUs through ray.use_gpu: leave resources.gpu at 0")
+        if spec.seed_repeats > 1:
+            fail("seed_repeats", "seed repeats run inside one trial process; with Ray Train workers "
+                                 "(ray.num_workers > 1) use seed_repeats 1 and sweep the seed instead")
+    elif spec.base["ray"]["use_gpu"] and spec.gpu == 0:
         fail("resources.gpu", "the base config sets ray.use_gpu but the trials ask for no GPU")
-    return spec
 
 
-def check_resources(spec: SweepSpec, address: str | None = None) -> None:
-    """Fail before Ray starts when a local sweep asks for CPUs or GPUs this machine does not have."""
+def check_resources(spec: SweepSpec, address: str | None = None, cpus: int | None = None) -> None:
+    """Fail before Ray starts when a local sweep asks for CPUs or GPUs this machine does not have.
+
+    A trial with Ray Train workers reserves its own ``resources`` and, once its Train run starts, the
+    workers' CPUs (and GPUs) in a placement group of their own. Tune does not see the workers' share, so
+    the check is that while ``max_concurrent`` trial processes hold their resources, one trial's workers
+    still fit: otherwise every trial would wait for workers that can never start.
+    """
     if address is not None:
         return  # a remote cluster: Ray itself reports unschedulable trials
-    if spec.cpu > (os.cpu_count() or 1):
-        raise ConfigError(f"{spec.source}: resources.cpu: {spec.cpu:g} per trial but this machine has "
-                          f"{os.cpu_count()} CPUs")
-    if spec.gpu > 0:
+    cpus = cpus or os.cpu_count() or 1
+    ray_cfg = spec.base["ray"]
+    if spec.workers > 1:
+        need = spec.max_concurrent * spec.cpu + spec.workers * ray_cfg["cpus_per_worker"]
+        if need > cpus:
+            raise ConfigError(
+                f"{spec.where('resources.cpu')}: {spec.max_concurrent} trial process(es) x {spec.cpu:g} CPU + "
+                f"{spec.workers} Train workers x {ray_cfg['cpus_per_worker']} CPU = {need:g} CPUs, but this "
+                f"machine has {cpus}: lower max_concurrent, ray.num_workers or ray.cpus_per_worker, or set "
+                "resources.cpu to 0 (the trial process only waits on its workers)")
+    elif spec.cpu > cpus:
+        raise ConfigError(f"{spec.where('resources.cpu')}: {spec.cpu:g} per trial but this machine has "
+                          f"{cpus} CPUs")
+    gpus = spec.workers if spec.workers > 1 and ray_cfg["use_gpu"] else spec.gpu
+    if gpus > 0:
         import torch
 
         have = torch.cuda.device_count()
-        if spec.gpu > have:
-            raise ConfigError(f"{spec.source}: resources.gpu: {spec.gpu:g} GPU(s) per trial but this machine "
-                              f"has {have}")
+        if gpus > have:
+            key = "base" if spec.workers > 1 else "resources.gpu"
+            raise ConfigError(f"{spec.where(key)}: {gpus:g} GPU(s) per trial but this machine has {have}")
 
 
 def _section(raw: dict, name: str, keys: tuple, fail) -> dict:
