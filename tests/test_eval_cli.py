@@ -94,3 +94,40 @@ def test_experiment_checkpoints_run_as_ray_tasks_into_one_table_and_rerun_is_a_n
     assert len(again) == len(table)
     pd.testing.assert_frame_equal(again.sort_values(list(again.columns[:8])).reset_index(drop=True),
                                   table.sort_values(list(table.columns[:8])).reset_index(drop=True))
+
+
+def test_sigkilled_eval_resumes_without_redoing_finished_benchmarks(tmp_path):
+    """The eval CLI in a subprocess is SIGKILLed once its first benchmark is complete; the same command
+    then finishes the others and leaves the finished one's files untouched."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "verl_bench.cli", "eval", "tiny:test", "--benchmarks", "amc23,aime24,aime25",
+           "--preset", "greedy", "--limit", "8", "--max-tokens", "16", "--template", "qwen-boxed",
+           "--output", str(out), "--batch-size", "2"]
+    folder = out / "tiny_test" / "qwen-boxed" / "greedy_t16_lim8"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        deadline = time.time() + 300
+        while run_lib.results_file(folder, "amc23") is None:
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.time() < deadline, "the first benchmark never finished"
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = run_lib.results_file(folder, "amc23")
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if "amc23" in p.name}
+    assert run_lib.results_file(folder, "aime25") is None  # killed before the last benchmark was done
+
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=os.environ.copy())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 benchmark(s) already evaluated" in done.stdout
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if "amc23" in p.name} == before
+    assert run_lib.results_file(folder, "amc23") == first
+    for b in ("aime24", "aime25"):
+        assert run_lib.results_file(folder, b) is not None
+        assert len(list(folder.glob(f"samples_verl_{b}_*.jsonl"))) == 1
