@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from verl_bench.models import load_model
-from verl_bench.policy import policy_forward
+from verl_bench.policy import policy_backward, policy_forward
 from verl_bench.rollout import (
     CachedSamplingEngine,
     HFGenerateEngine,
@@ -44,10 +45,12 @@ def test_rollout_layout(tiny):
     assert len(roll.texts) == 6
 
 
-def test_logprobs_and_hidden_match_full_forward(tiny):
+@pytest.mark.parametrize("share_prompt", [False, True])
+def test_logprobs_and_hidden_match_full_forward(tiny, share_prompt):
     model, tok = tiny
     roll = _rollout(model, tok)
-    out = policy_forward(model, roll, chunk_tokens=7, with_entropy=True)  # odd chunk size on purpose
+    out = policy_forward(model, roll, chunk_tokens=7, with_entropy=True,  # odd chunk size on purpose
+                         micro_batch=4, share_prompt=share_prompt)
     # independent reference: the stock HF forward with every hidden state and full-vocabulary log_softmax
     ids, attn = roll.input_ids, roll.attention_mask
     pos = (attn.long().cumsum(1) - 1).clamp_min(0)
@@ -86,25 +89,65 @@ def test_length_grouped_micro_batches_change_nothing(tiny):
     model.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("micro_batch", [None, 5])
-def test_shared_prompt_scoring_is_exact(tiny, micro_batch):
-    model, tok = tiny
+def _ragged(model, tok):
+    """A rollout whose responses have very different lengths (as if EOS came early)."""
     roll = _rollout(model, tok, n=4, max_new_tokens=10)
     lengths = torch.tensor([10, 3, 7, 1, 10, 5, 9, 2])
     roll.response_mask = torch.arange(roll.response_ids.shape[1])[None, :] < lengths[:, None]
     roll.response_ids = torch.where(roll.response_mask, roll.response_ids, tok.pad_token_id)
+    return roll
+
+
+def _grad(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("micro_batch", [None, 5])
+def test_shared_prompt_scoring_is_exact(tiny, micro_batch):
+    """Running each prompt once and sharing its KV cache changes no output and no gradient."""
+    model, tok = tiny
+    roll = _ragged(model, tok)
     results = []
     for share in (False, True):
         model.zero_grad(set_to_none=True)
         out = policy_forward(model, roll, with_entropy=True, micro_batch=micro_batch, share_prompt=share)
         (out.logprobs.sum() + out.entropy.sum()).backward()
-        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-        results.append((out, grad))
+        results.append((out, _grad(model)))
     (plain, g_plain), (shared, g_shared) = results
     torch.testing.assert_close(shared.logprobs, plain.logprobs, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(shared.entropy, plain.entropy, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(shared.hidden, plain.hidden, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(g_shared, g_plain, rtol=1e-4, atol=1e-5)  # gradients reach the prompt too
+    assert g_shared.shape == g_plain.shape  # every parameter got a gradient, the embeddings via the prompt too
+    torch.testing.assert_close(g_shared, g_plain, rtol=1e-4, atol=1e-5)
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("micro_batch,share_prompt", [(None, False), (3, False), (3, True), (5, True)])
+def test_backward_by_micro_batch_equals_one_backward(tiny, micro_batch, share_prompt):
+    """The update's backward, one micro-batch at a time, gives the gradient of one pass over the whole rollout."""
+    model, tok = tiny
+    roll = _ragged(model, tok)
+    torch.manual_seed(3)
+    w_lp, w_ent = torch.randn(roll.response_ids.shape), torch.randn(roll.response_ids.shape)
+    model.zero_grad(set_to_none=True)
+    out = policy_forward(model, roll, with_entropy=True)
+    whole = (w_lp * out.logprobs).sum() + (w_ent * out.entropy).sum()
+    whole.backward()
+    g_whole = _grad(model)
+    model.zero_grad(set_to_none=True)
+    calls = []
+
+    def loss_fn(rows, logp, entropy):
+        # every earlier micro-batch has been backpropagated already: its activations are gone
+        calls.append(all(p.grad is not None for p in model.parameters()) if calls else None)
+        torch.testing.assert_close(logp.detach(), out.logprobs.detach()[rows], rtol=1e-5, atol=1e-5)
+        return (w_lp[rows] * logp).sum() + (w_ent[rows] * entropy).sum()
+
+    total = policy_backward(model, roll, loss_fn, with_entropy=True, micro_batch=micro_batch,
+                            share_prompt=share_prompt)
+    assert len(calls) == -(-8 // (micro_batch or 8)) and all(calls[1:])
+    torch.testing.assert_close(total, whole.detach(), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(_grad(model), g_whole, rtol=1e-4, atol=1e-5)
     model.zero_grad(set_to_none=True)
 
 
@@ -152,6 +195,22 @@ def test_cached_engine_greedy_equals_hf_generate(tiny):
     assert torch.equal(ours.response_ids, ref.response_ids)
 
 
+@pytest.mark.parametrize("engine", [CachedSamplingEngine, HFGenerateEngine])
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_engines_record_the_scoring_hidden_states(tiny, engine, temperature):
+    """The hidden states the sampler records are the rows a scoring pass gives (zero on padding)."""
+    model, tok = tiny
+    torch.manual_seed(2)
+    prompts = _chat(tok, ["What is 2 + 2?", "A much longer prompt about apples, pears and other fruits?"])
+    roll = engine(model, tok).generate(
+        prompts, SamplingParams(n=3, temperature=temperature, max_new_tokens=12))
+    assert roll.hidden.shape == (*roll.response_ids.shape, model.config.hidden_size)
+    with torch.no_grad():
+        ref = policy_forward(model, roll).hidden
+    torch.testing.assert_close(roll.hidden, ref, rtol=1e-5, atol=1e-5)
+    assert (roll.hidden[~roll.response_mask] == 0).all()
+
+
 def test_cached_engine_drops_finished_samples_and_keeps_the_layout(tiny):
     model, tok = tiny
     # make EOS likely (~15% a step) so samples end at different lengths: a hook adds +9 to its logit
@@ -188,3 +247,54 @@ def test_top_p_nucleus_sampling():
     full = torch.bincount(sample_tokens(logits, temperature=1.0), minlength=4).float() / 20000
     assert abs(full[2].item() - 0.15) < 0.02  # top_p = 1: the whole distribution
     assert torch.equal(sample_tokens(logits[:3], temperature=0.0), torch.zeros(3, dtype=torch.long))
+
+
+def test_sampler_draws_the_exact_categorical_distribution():
+    # zero-probability entries (also at both ends) are never drawn; the others at their probabilities
+    probs = torch.tensor([0.0, 0.1, 0.0, 0.2, 0.3, 0.4, 0.0])
+    torch.manual_seed(0)
+    draws = sample_tokens(probs.log().expand(200000, 7), temperature=1.0)
+    freq = torch.bincount(draws, minlength=7).double() / draws.numel()
+    assert freq[[0, 2, 6]].sum() == 0
+    torch.testing.assert_close(freq, probs.double(), rtol=0, atol=4e-3)
+    # temperature divides the logits: T = 0.5 squares the odds
+    logits = torch.tensor([[0.0, 1.0]]).expand(200000, 2)
+    freq = torch.bincount(sample_tokens(logits, temperature=0.5), minlength=2).double() / 200000
+    assert abs(freq[1].item() - torch.softmax(torch.tensor([0.0, 2.0]), 0)[1].item()) < 4e-3
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 1.0), (1.0, 0.8), (1.3, 0.5)])
+def test_sampler_matches_the_categorical_distribution_and_torch_multinomial(temperature, top_p):
+    """Chi-square tests of the inverse-CDF sampler: against the exact nucleus distribution (built here
+    independently in float64 numpy) and, two-sample, against torch.multinomial's draws from it."""
+    from scipy import stats
+
+    gen = np.random.default_rng(7)
+    logits = gen.normal(0.0, 2.0, size=60)
+    logits[[0, 13, 59]] = -np.inf  # impossible tokens, at both ends too
+    z = logits / temperature
+    p = np.exp(z - z[np.isfinite(z)].max())
+    p /= p.sum()
+    order = np.argsort(-p, kind="stable")
+    before = np.cumsum(p[order]) - p[order]
+    nucleus = np.zeros_like(p)
+    nucleus[order[before <= top_p]] = p[order[before <= top_p]]  # the smallest prefix reaching top_p
+    nucleus /= nucleus.sum()
+
+    draws = 120_000
+    torch.manual_seed(11)
+    ours = sample_tokens(torch.tensor(logits, dtype=torch.float32).expand(draws, -1), temperature, top_p)
+    ref = torch.multinomial(torch.tensor(nucleus).expand(draws, -1), 1).squeeze(1)
+    ours_counts = np.bincount(ours.numpy(), minlength=60)
+    ref_counts = np.bincount(ref.numpy(), minlength=60)
+    assert ours_counts[nucleus == 0].sum() == 0  # nothing outside the nucleus, no impossible token
+    support = nucleus > 0
+    fit = stats.chisquare(ours_counts[support], draws * nucleus[support])
+    assert fit.pvalue > 1e-3, fit
+    table = np.stack([ours_counts[support], ref_counts[support]])
+    table = table[:, table.sum(axis=0) > 0]
+    same = stats.chi2_contingency(table)
+    assert same.pvalue > 1e-3, same
+    # the test has the power to see a wrong sampler: the same counts given to the neighbouring tokens fail it
+    shifted = np.roll(ours_counts[support], 1)
+    assert stats.chisquare(shifted, draws * nucleus[support]).pvalue < 1e-6

@@ -153,10 +153,12 @@ def test_prompt_stream_epochs_and_resume_position():
     assert resumed.take(9) == (first + second)[5:14]
 
 
-@pytest.mark.parametrize("mini_batches", [1, 2])
-def test_kl_entropy_minibatches_and_shared_prompt_path(tmp_path, alternating_grader, mini_batches):
-    cfg = _cfg(tmp_path, "kl", "steps=2", "share_prompt=true", "algo.kl_coef=0.05", "algo.entropy_coef=0.01",
-               f"algo.mini_batches={mini_batches}")
+@pytest.mark.parametrize("mini_batches,engine", [(1, "hf"), (2, "cached")])
+def test_kl_entropy_minibatches_and_shared_prompt_path(tmp_path, alternating_grader, mini_batches, engine):
+    # both engines record the hidden states; several mini-batches still need one no-grad pass for the old
+    # log-probs (and its hidden states are used then)
+    cfg = _cfg(tmp_path, "kl", "steps=2", "share_prompt=true", "micro_batch=3", f"rollout.engine={engine}",
+               "algo.kl_coef=0.05", "algo.entropy_coef=0.01", f"algo.mini_batches={mini_batches}")
     rows = []
     train(cfg, report=lambda m, c: rows.append(m))
     first, second = rows[1], rows[2]
@@ -168,3 +170,93 @@ def test_kl_entropy_minibatches_and_shared_prompt_path(tmp_path, alternating_gra
     assert second["entropy"] > 0
     with pytest.raises(ConfigError, match="share_prompt: cannot be combined with gradient_checkpointing"):
         load_config(None, ["share_prompt=true", "gradient_checkpointing=true"])
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean"])
+def test_micro_batched_shared_prompt_update_equals_one_pass(tmp_path, alternating_grader, agg):
+    """The demo's path (shared prompt KV, micro-batches of 3 backpropagated one by one) trains like scoring the
+    whole rollout in one micro-batch without sharing: same first step."""
+    plain = _cfg(tmp_path, "plain", "steps=1", "share_prompt=false", "micro_batch=null", f"algo.loss_agg={agg}",
+                 "algo.entropy_coef=0.01")
+    fast = _cfg(tmp_path, "fast", "steps=1", "share_prompt=true", "micro_batch=3", f"algo.loss_agg={agg}",
+                "algo.entropy_coef=0.01")
+    a, b = train(plain), train(fast)
+    assert a["response_length"] == b["response_length"]  # the same rollout (sampling comes first)
+    for key in ("loss", "grad_norm", "rank/er", "rank/erv", "rank/era", "entropy", "clip_frac"):
+        assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+
+
+def _average_worker(rank: int, port: int, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    from verl_bench.train import World
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        net = _grad_net()
+        x = torch.randn(5, 4, generator=torch.Generator().manual_seed(100 + rank))
+        loss = net[1](net[0](x)).square().sum()
+        if rank == 0:  # the extra layer gets a gradient on rank 0 only (rank 1 must count as zero)
+            loss = loss + net[2](x).sum()
+        loss.backward()
+        World.current().average_gradients(net.parameters(), bucket_elements=7)  # several buckets
+        torch.save([p.grad for p in net.parameters()], f"{out_dir}/grads{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _grad_net():
+    torch.manual_seed(0)
+    return torch.nn.ModuleList([torch.nn.Linear(4, 3), torch.nn.Linear(3, 2), torch.nn.Linear(4, 1)])
+
+
+def test_average_gradients_over_two_gloo_workers_is_the_mean(tmp_path):
+    """Data parallelism without DDP's hooks: after the all-reduce every worker holds the mean gradient."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_average_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    expected = []
+    for rank in (0, 1):  # independent reference: each worker's gradient computed here, then averaged
+        net = _grad_net()
+        x = torch.randn(5, 4, generator=torch.Generator().manual_seed(100 + rank))
+        loss = net[1](net[0](x)).square().sum() + (net[2](x).sum() if rank == 0 else 0.0)
+        expected.append(torch.autograd.grad(loss, list(net.parameters()), allow_unused=True))
+    mean = [((a if a is not None else 0) + (b if b is not None else 0)) / 2 for a, b in zip(*expected)]
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"grads{rank}.pt")
+        for g, m in zip(got, mean):
+            torch.testing.assert_close(g, m, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs Linux /proc")
+@pytest.mark.parametrize("keep", [False, True])
+def test_keep_freed_memory_keeps_large_blocks_for_reuse(keep):
+    """With keep_freed_memory a freed 256 MB tensor stays in the process for the next micro-batch; without it,
+    glibc hands it back to the OS at once (so the next one page-faults again)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os, torch
+from verl_bench.train import keep_freed_memory
+page = os.sysconf("SC_PAGE_SIZE")
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
+assert keep_freed_memory() if {keep} else True
+before = rss()
+x = torch.ones(64 << 20)  # 256 MB, touched
+during = rss()
+del x
+print(during - before, rss() - before)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    grown, kept = int(out[0]), int(out[1])
+    assert grown > 200 << 20
+    if keep:
+        assert kept > 200 << 20
+    else:
+        assert kept < 50 << 20

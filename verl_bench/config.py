@@ -92,11 +92,11 @@ class TrainConfig:
     eval_every: int = 0  # steps between quick validations (0: only before and after)
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     device: str = "auto"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # HF per-layer recompute inside each micro-batch (less memory, slower)
     logits_chunk_tokens: int = 512  # LM-head rows per chunk: 512 x 49k vocab x 4 B = 100 MB of logits at a time
-    micro_batch: int | None = 8  # responses per scoring micro-batch, grouped by length (None: all at once)
-    share_prompt: bool = False  # score each prompt once per micro-batch, its KV cache shared by its samples
-    #                             (exact; HF turns caches off under gradient checkpointing, so not with it)
+    micro_batch: int | None = 8  # responses per scoring micro-batch, grouped by length (None: all at once); the
+    #                              update backpropagates one micro-batch at a time, so it bounds activation memory
+    share_prompt: bool = False  # score each prompt once per rollout, its KV cache shared by its samples (exact)
     threads: int | None = None  # torch CPU threads (None: torch's default)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
@@ -129,7 +129,8 @@ class TrainConfig:
             (self.algo.mini_batches <= self.rollout.prompts_per_step * self.rollout.n, "algo.mini_batches",
              "must not exceed the responses per step"),
             (not (self.share_prompt and self.gradient_checkpointing), "share_prompt",
-             "cannot be combined with gradient_checkpointing (HF disables KV caches under it)"),
+             ("cannot be combined with gradient_checkpointing: HF turns off the KV cache that carries the shared "
+              "prompt under it (memory is bounded by micro_batch either way: lower it instead)")),
         ]
         for ok, key, why in checks:
             if not ok:

@@ -1,4 +1,4 @@
-"""Ray Train wrapper: the plain ``train`` loop on N workers with DDP (gloo on CPU, NCCL on GPU).
+"""Ray Train wrapper: the plain ``train`` loop on N data-parallel workers (gloo on CPU, NCCL on GPU).
 
 The loop is not changed for Ray: each worker rebuilds the config, asks Ray for the checkpoint to resume
 from, and hands ``train`` a reporter that forwards metrics (and, from rank 0, the HF checkpoint folder) to

@@ -1,10 +1,14 @@
-"""One forward pass of the policy over a rollout: response log-probs, entropies and hidden states.
+"""The policy over a rollout: response log-probs, entropies and hidden states, and the update's backward.
 
 The decoder body's output (``last_hidden_state``, i.e. the last layer AFTER the final norm: the LM head's
 input) at the response rows is both what VERL's rank metrics read (METHOD.md section 1) and what the LM head
-turns into log-probs, so one pass gives both. The LM head runs only on response rows and in chunks, and
-log-probs come from ``logsumexp`` and a gather: there is never a full-vocabulary log_softmax over every
-position (that tensor alone is N x T x 49k floats).
+turns into log-probs, so one pass gives both. The LM head runs only on response rows, and log-probs come from
+``logsumexp`` and a gather: there is never a full-vocabulary log_softmax over every position (that tensor
+alone is N x T x 49k floats).
+
+``policy_forward`` scores a whole rollout (no-grad passes: old and reference log-probs, hidden states);
+``policy_backward`` is the update: it scores one micro-batch at a time and backpropagates its share of the
+loss at once, so only one micro-batch's activations are ever alive and nothing is recomputed.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
+from transformers import DynamicCache
 
-from verl_bench.rollout import Rollout
+from verl_bench.rollout import Rollout, decoder_and_head
 
 
 @dataclass
@@ -25,20 +30,14 @@ class PolicyOutput:
     entropy: torch.Tensor | None  # (N, R) entropy of pi at that position, if asked (with grad)
 
 
-def decoder_and_head(model):
-    """The decoder body (returns post-norm hidden states) and the LM head of an HF causal LM."""
-    body = getattr(model, model.base_model_prefix, None)
-    head = model.get_output_embeddings()
-    if body is None or head is None:
-        raise TypeError(f"{type(model).__name__}: expected a causal LM with a base model and an LM head")
-    return body, head
-
-
 class ResponseScorer(torch.nn.Module):
-    """Wraps a causal LM so that the response scoring pass is the module's ``forward``.
+    """Wraps a causal LM: ``forward`` scores a rollout, ``backward_by_micro_batch`` runs the update's backward.
 
-    DDP synchronises gradients only for passes made through its own ``forward``; scoring calls the decoder
-    body and the LM head separately, so under DDP this module (not the bare LM) is what gets wrapped.
+    Rows are scored in micro-batches of similar response length (longest first), each cut to its own widths,
+    so a batch with one long response does not pay for padding everywhere. With ``group_ids`` (rows sharing a
+    prompt share an id), each distinct prompt is run once for the whole rollout and its KV cache is shared by
+    its samples in every micro-batch: exact (gradients reach the prompt through every sample) and, with n
+    samples per prompt, about n times less prompt work.
     """
 
     def __init__(self, lm):
@@ -50,53 +49,81 @@ class ResponseScorer(torch.nn.Module):
                 group_ids=None):
         """(logprobs (N, R), entropy (N, R) or None, hidden (N, R, D) detached) for a whole rollout.
 
-        Rows are scored in micro-batches of similar response length, each cut to its own widths, so a batch
-        with one long response does not pay for padding everywhere; the LM head only sees real response rows.
-        With ``group_ids`` (rows sharing a prompt share an id), each prompt is run once per micro-batch and
-        its KV cache is shared by its samples: exact (gradients reach the prompt through every sample) and,
-        with n samples per prompt, about n times less prompt work. The micro-batches live inside this one
-        ``forward`` so that DDP sees a single pass.
+        With grad, every micro-batch's activations stay alive until backward; the LM head then runs in
+        checkpointed chunks of ``chunk_tokens`` rows (their logits are recomputed in backward).
         """
-        n, r = targets.shape
-        lengths = mask.sum(dim=1)
-        step = micro_batch or n
-        if group_ids is None:
-            order = torch.argsort(lengths, descending=True, stable=True)
-            batches = [order[i : i + step] for i in range(0, n, step)]
-        else:  # whole groups per micro-batch, longest groups first
-            uniq, inverse = torch.unique(group_ids, return_inverse=True)
-            group_len = torch.zeros(len(uniq), dtype=lengths.dtype, device=lengths.device)
-            group_len = group_len.scatter_reduce(0, inverse, lengths, reduce="amax")
-            batches, current = [], []
-            for g in torch.argsort(group_len, descending=True, stable=True).tolist():
-                rows = (inverse == g).nonzero().squeeze(1)
-                if current and sum(len(c) for c in current) + len(rows) > step:
-                    batches.append(torch.cat(current))
-                    current = []
-                current.append(rows)
-            if current:
-                batches.append(torch.cat(current))
-        logp_parts, ent_parts, hidden_parts = [], [], []
-        for idx in batches:
-            r_mb = max(int(lengths[idx].max()), 1)
-            first = int(attention_mask[idx, :prompt_len].any(dim=0).int().argmax())  # drop all-pad prompt columns
-            ids, attn = input_ids[idx, first : prompt_len + r_mb], attention_mask[idx, first : prompt_len + r_mb]
-            p = prompt_len - first
-            if group_ids is None:
-                rows = self._rows(ids, attn, p, r_mb)
-            else:
-                rows = self._rows_shared_prompt(ids, attn, p, r_mb, group_ids[idx])
-            lp, ent = self._head(rows, targets[idx, :r_mb], mask[idx, :r_mb], chunk_tokens, with_entropy,
-                                 temperature)
-            pad = r - r_mb
-            logp_parts.append(torch.nn.functional.pad(lp, (0, pad)))
-            ent_parts.append(torch.nn.functional.pad(ent, (0, pad)) if with_entropy else None)
-            hidden = rows.detach() * mask[idx, :r_mb, None].to(rows.dtype)
-            hidden_parts.append(torch.nn.functional.pad(hidden, (0, 0, 0, pad)))
-        inverse_order = torch.argsort(torch.cat(batches))
+        prompt = None
+        if group_ids is not None:
+            prompt = self._prompt_states(input_ids[:, :prompt_len], attention_mask[:, :prompt_len], group_ids)
+        logp_parts, ent_parts, hidden_parts, order = [], [], [], []
+        for idx, rows, lp, ent in self._micro_batches(input_ids, attention_mask, prompt_len, targets, mask,
+                                                       chunk_tokens, with_entropy, temperature, micro_batch,
+                                                       prompt, checkpoint_head=torch.is_grad_enabled()):
+            logp_parts.append(lp)
+            ent_parts.append(ent)
+            hidden = rows.detach() * mask[idx, : rows.shape[1], None].to(rows.dtype)
+            hidden_parts.append(torch.nn.functional.pad(hidden, (0, 0, 0, targets.shape[1] - rows.shape[1])))
+            order.append(idx)
+        inverse_order = torch.argsort(torch.cat(order))
         logprobs = torch.cat(logp_parts)[inverse_order]
         entropy = torch.cat(ent_parts)[inverse_order] if with_entropy else None
         return logprobs, entropy, torch.cat(hidden_parts)[inverse_order]
+
+    def backward_by_micro_batch(self, input_ids, attention_mask, prompt_len: int, targets, mask, loss_fn,
+                                chunk_tokens: int = 4096, with_entropy: bool = False, temperature: float = 1.0,
+                                micro_batch: int | None = None, group_ids=None) -> torch.Tensor:
+        """Score and backpropagate one micro-batch at a time; returns the summed loss (detached).
+
+        ``loss_fn(rows, logprobs, entropy)`` gets the rollout rows of a micro-batch and their (m, R) log-probs
+        (and entropies, or None) and returns that micro-batch's share of the loss, which is backpropagated
+        before the next micro-batch is scored. The gradients are those of the summed loss over one
+        ``forward`` (exact), but only one micro-batch's activations are ever alive and nothing is recomputed:
+        the loss must not need the other micro-batches, so advantages have to be known before scoring. A
+        micro-batch holds at most ``micro_batch`` x R rows, so its LM-head logits are kept, not recomputed.
+        With ``group_ids`` the shared prompt pass is backpropagated last, with its KV gradients summed over
+        every micro-batch.
+        """
+        prompt = states = leaves = None
+        if group_ids is not None:
+            prompt = self._prompt_states(input_ids[:, :prompt_len], attention_mask[:, :prompt_len], group_ids)
+            states = prompt[3]
+            leaves = tuple(t.detach().requires_grad_() for t in states)  # micro-batches backpropagate to here
+            prompt = (*prompt[:3], leaves)
+        total = torch.zeros(())
+        for idx, _, lp, ent in self._micro_batches(input_ids, attention_mask, prompt_len, targets, mask,
+                                                   chunk_tokens, with_entropy, temperature, micro_batch, prompt,
+                                                   checkpoint_head=False):
+            loss = loss_fn(idx, lp, ent)
+            loss.backward()
+            total = total + loss.detach().cpu()
+        if states is not None:
+            pairs = [(t, leaf.grad) for t, leaf in zip(states, leaves) if leaf.grad is not None]
+            torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
+        return total
+
+    def _micro_batches(self, input_ids, attention_mask, prompt_len, targets, mask, chunk_tokens, with_entropy,
+                       temperature, micro_batch, prompt, checkpoint_head):
+        """Yield (rows of the rollout, hidden (m, r_mb, D), logprobs (m, R), entropy (m, R) or None) per
+        micro-batch, longest responses first, each cut to its own width."""
+        n, r = targets.shape
+        lengths = mask.sum(dim=1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        step = micro_batch or n
+        for idx in (order[i : i + step] for i in range(0, n, step)):
+            r_mb = max(int(lengths[idx].max()), 1)
+            if prompt is None:
+                first = int(attention_mask[idx, :prompt_len].any(dim=0).int().argmax())  # drop all-pad columns
+                ids = input_ids[idx, first : prompt_len + r_mb]
+                attn = attention_mask[idx, first : prompt_len + r_mb]
+                rows = self._rows(ids, attn, prompt_len - first, r_mb)
+            else:
+                rows = self._rows_after_prompt(prompt, idx, input_ids[idx, prompt_len : prompt_len + r_mb - 1],
+                                               mask[idx, : r_mb - 1])
+            lp, ent = self._head(rows, targets[idx, :r_mb], mask[idx, :r_mb], chunk_tokens, with_entropy,
+                                 temperature, checkpoint_head)
+            lp = torch.nn.functional.pad(lp, (0, r - r_mb))
+            ent = torch.nn.functional.pad(ent, (0, r - r_mb)) if with_entropy else None
+            yield idx, rows, lp, ent
 
     def _rows(self, ids, attn, p, r):
         """Post-norm last-layer states that sampled response tokens 0..r-1 (row j at column p-1+j)."""
@@ -106,27 +133,47 @@ class ResponseScorer(torch.nn.Module):
         out = body(input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False)
         return out.last_hidden_state[:, p - 1 : p - 1 + r]
 
-    def _rows_shared_prompt(self, ids, attn, p, r, group_ids):
-        """The same rows, running each distinct prompt once and sharing its KV cache with its samples."""
-        body, _ = decoder_and_head(self.lm)
+    def _prompt_states(self, prompt_ids, prompt_mask, group_ids):
+        """Run each distinct prompt once: (row -> prompt index, prompt mask, last position, (last state, *KV))."""
         uniq, row_group = torch.unique(group_ids, return_inverse=True)
-        first_row = torch.zeros(len(uniq), dtype=torch.long, device=ids.device).scatter_(
-            0, row_group, torch.arange(len(row_group), device=ids.device))
-        p_ids, p_attn = ids[first_row, :p], attn[first_row, :p]
+        first_row = torch.zeros(len(uniq), dtype=torch.long, device=group_ids.device).scatter_(
+            0, row_group, torch.arange(len(row_group), device=group_ids.device))
+        p_attn = prompt_mask[first_row]
+        first = int(p_attn.any(dim=0).int().argmax())  # drop all-pad prompt columns
+        p_ids, p_attn = prompt_ids[first_row, first:], p_attn[:, first:]
         p_pos = (p_attn.long().cumsum(dim=1) - 1).clamp_min(0)
-        out = body(input_ids=p_ids, attention_mask=p_attn, position_ids=p_pos, use_cache=True)
-        last = out.last_hidden_state[row_group, -1:]  # the state that sampled response token 0
-        if r == 1:
-            return last
-        cache = out["cache"] if "cache" in out else out["past_key_values"]
-        cache.batch_select_indices(row_group)  # gather: gradients flow back to the prompt once per sample
-        r_pos = p_pos[row_group, -1:] + 1 + torch.arange(r - 1, device=ids.device)
-        kw = {"cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values": cache}
-        rest = body(input_ids=ids[:, p : p + r - 1], attention_mask=attn[:, : p + r - 1], position_ids=r_pos,
-                    use_cache=True, **kw)
-        return torch.cat([last, rest.last_hidden_state], dim=1)
+        states = self._prompt_pass(p_ids, p_attn, p_pos)
+        return row_group, p_attn, p_pos[:, -1], states
 
-    def _head(self, rows, targets, mask, chunk_tokens, with_entropy, temperature):
+    def _prompt_pass(self, ids, attn, pos):
+        """(state that sampled response token 0 (G, D), then each layer's keys and values)."""
+        body, _ = decoder_and_head(self.lm)
+        out = body(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        return (out.last_hidden_state[:, -1], *[t for layer in cache for t in layer[:2]])
+
+    def _rows_after_prompt(self, prompt, idx, response_in, response_mask_in):
+        """The rows of ``idx``: the prompt's last state, then response tokens 0..r-2 run on its KV cache."""
+        row_group, p_attn, p_last, states = prompt
+        groups = row_group[idx]
+        last = states[0][groups, None]
+        if response_in.shape[1] == 0:
+            return last
+        attn = torch.cat([p_attn[groups], response_mask_in.to(p_attn.dtype)], dim=1)
+        pos = p_last[groups, None] + 1 + torch.arange(response_in.shape[1], device=response_in.device)
+        rest = self._response_pass(response_in, attn, pos, groups, *states[1:])
+        return torch.cat([last, rest], dim=1)
+
+    def _response_pass(self, ids, attn, pos, groups, *kv):
+        body, _ = decoder_and_head(self.lm)
+        # each row gets its prompt's keys and values (a gather: gradients flow back to the prompt per sample)
+        cache = DynamicCache(ddp_cache_data=[(k[groups], v[groups]) for k, v in zip(kv[0::2], kv[1::2])],
+                             config=self.lm.config)
+        kw = {"cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values": cache}
+        out = body(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **kw)
+        return out.last_hidden_state
+
+    def _head(self, rows, targets, mask, chunk_tokens, with_entropy, temperature, checkpoint_chunks):
         _, head = decoder_and_head(self.lm)
         keep = mask.reshape(-1).nonzero().squeeze(1)  # the LM head never runs on padding
         flat_rows = rows.reshape(-1, rows.shape[-1])[keep]
@@ -136,7 +183,7 @@ class ResponseScorer(torch.nn.Module):
         for start in range(0, flat_rows.shape[0], step):
             args = (head, flat_rows[start : start + step], flat_targets[start : start + step], temperature,
                     with_entropy)
-            if torch.is_grad_enabled():
+            if checkpoint_chunks:
                 # recompute the chunk's logits in backward instead of keeping (chunk x vocab) floats alive
                 lp, ent = checkpoint(_head_logprobs, *args, use_reentrant=False)
             else:
@@ -161,11 +208,10 @@ def policy_forward(
 ) -> PolicyOutput:
     """Forward the policy over prompt+response. Gradients flow into ``logprobs`` when grad is enabled.
 
-    ``model`` is a causal LM, a ``ResponseScorer`` or a DDP-wrapped ``ResponseScorer``. ``temperature``
-    divides the logits the way sampling did, so the log-probs are those of the sampling policy.
+    ``model`` is a causal LM or a ``ResponseScorer``. ``temperature`` divides the logits the way sampling
+    did, so the log-probs are those of the sampling policy.
     """
-    scorer = model if isinstance(model, (ResponseScorer, torch.nn.parallel.DistributedDataParallel)) \
-        else ResponseScorer(model)
+    scorer = model if isinstance(model, ResponseScorer) else ResponseScorer(model)
     device = next(scorer.parameters()).device
     logprobs, entropy, hidden = scorer(
         rollout.input_ids.to(device), rollout.attention_mask.to(device), rollout.prompt_ids.shape[1],
@@ -173,6 +219,24 @@ def policy_forward(
         temperature, micro_batch, rollout.group_ids.to(device) if share_prompt else None,
     )
     return PolicyOutput(logprobs=logprobs, hidden=hidden, entropy=entropy)
+
+
+def policy_backward(
+    model, rollout: Rollout, loss_fn, *, chunk_tokens: int = 4096, with_entropy: bool = False,
+    temperature: float = 1.0, micro_batch: int | None = None, share_prompt: bool = False,
+) -> torch.Tensor:
+    """Backpropagate ``loss_fn`` micro-batch by micro-batch (see ``ResponseScorer.backward_by_micro_batch``).
+
+    ``model`` is a causal LM or a ``ResponseScorer``. Gradients accumulate in the parameters as they would
+    from one backward of the summed loss; returns that sum (detached).
+    """
+    scorer = model if isinstance(model, ResponseScorer) else ResponseScorer(model)
+    device = next(scorer.parameters()).device
+    return scorer.backward_by_micro_batch(
+        rollout.input_ids.to(device), rollout.attention_mask.to(device), rollout.prompt_ids.shape[1],
+        rollout.response_ids.to(device), rollout.response_mask.to(device), loss_fn, chunk_tokens, with_entropy,
+        temperature, micro_batch, rollout.group_ids.to(device) if share_prompt else None,
+    )
 
 
 def _head_logprobs(head, rows, targets, temperature: float, with_entropy: bool):

@@ -2,15 +2,20 @@
 
     sample -> reward -> rank metrics -> shaping -> advantages -> clipped loss -> AdamW step -> report
 
+The sampler records the hidden states the rank metrics read, so advantages are known before the policy is
+scored with grad; the update then backpropagates each scoring micro-batch as soon as it is scored (only one
+micro-batch's activations are ever alive, nothing is recomputed).
+
 ``train(cfg, report=...)`` is a plain function: it runs alone (``verl-bench train``), inside each Ray Train
-worker (``verl_bench.distributed`` wraps it; DDP when torch.distributed is initialised) and inside a Tune
-trial. It never imports Ray. Checkpoints are HF folders (model + tokenizer, loadable as is by transformers,
-lm-eval and vLLM) plus ``trainer_state.pt`` (optimizer, shaper, data position, RNG), and a run resumes from
-its newest checkpoint exactly.
+worker (``verl_bench.distributed`` wraps it; when torch.distributed is initialised the workers average their
+gradients, as DDP would) and inside a Tune trial. It never imports Ray. Checkpoints are HF folders (model +
+tokenizer, loadable as is by transformers, lm-eval and vLLM) plus ``trainer_state.pt`` (optimizer, shaper,
+data position, RNG), and a run resumes from its newest checkpoint exactly.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -33,7 +38,7 @@ from verl_bench import reward as reward_lib
 from verl_bench.config import TrainConfig, dump_config
 from verl_bench.grpo import policy_loss
 from verl_bench.models import load_model
-from verl_bench.policy import ResponseScorer, policy_forward
+from verl_bench.policy import ResponseScorer, policy_backward, policy_forward
 from verl_bench.rank import rank_dynamics
 from verl_bench.rollout import ENGINES, SamplingParams
 from verl_bench.shaping import RankShaper, stack_metrics, token_advantages
@@ -68,6 +73,32 @@ class World:
         out = [None] * self.size
         dist.all_gather_object(out, obj)
         return out
+
+    def average_gradients(self, params, bucket_elements: int = 1 << 24) -> None:
+        """Replace each gradient by its mean over workers, as DDP would (a missing gradient counts as zero).
+
+        The update backpropagates micro-batch by micro-batch outside any module ``forward``, so DDP's hooks
+        cannot do this; one all-reduce per bucket of ~16M elements keeps the extra memory to one bucket.
+        """
+        if self.size == 1:
+            return
+        params = [p for p in params if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        start = 0
+        while start < len(params):
+            end, elements = start, 0
+            while end < len(params) and (end == start or elements + params[end].numel() <= bucket_elements):
+                elements += params[end].numel()
+                end += 1
+            bucket = params[start:end]
+            flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+            dist.all_reduce(flat)
+            flat /= self.size
+            for p, g in zip(bucket, flat.split([p.numel() for p in bucket])):
+                p.grad.copy_(g.view_as(p))
+            start = end
 
     def sum(self, values: list[float]) -> list[float]:
         if self.size == 1:
@@ -171,6 +202,21 @@ def quick_eval(engine, problems, prompts, cfg: TrainConfig, world: World) -> dic
 
 
 # ------------------------------------------------------------------------------------------ the loop
+def keep_freed_memory(limit: int = 1 << 30) -> bool:
+    """Ask glibc to keep freed blocks under ``limit`` bytes for reuse instead of returning them to the OS.
+
+    By default a block over ~32 MB is mmap'ed and unmapped on free, so each scoring micro-batch's activations
+    and gradients land on fresh pages the kernel must fault in and zero: about a fifth of the update's time on
+    2 CPU cores (benchmarks/grpo_step.py), for a few hundred MB of peak RSS kept. No-op off glibc.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, limit))
+
+
 def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | Path | None = None,
           stop_after: int | None = None) -> dict:
     """Run (or resume) one GRPO/VERL training run. Returns the last step's metrics.
@@ -185,6 +231,8 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
         torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
+    if device.type == "cpu":
+        keep_freed_memory()
     dtype = None if cfg.dtype == "auto" else cfg.dtype
 
     # --- data: everything that can fail on bad input fails here, before the model is loaded
@@ -197,8 +245,11 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
     ckpt = Path(resume_from) if resume_from else latest_checkpoint(run_dir)
     # a resumed run loads its weights straight from the checkpoint's HF folder
     model, tokenizer = load_model(ckpt if ckpt is not None else cfg.model, dtype=dtype, device=device)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.gradient_checkpointing:  # per decoder layer, inside each micro-batch (config: not with share_prompt)
+        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     ref_model = None
     if cfg.algo.kl_coef > 0:
@@ -229,17 +280,16 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
         _truncate_metrics(world, run_dir, start_step)  # steps after the checkpoint will be redone
         _log(world, f"resumed from {ckpt} at step {start_step}")
     policy = model  # the HF model: sampled from, saved
-    model = ResponseScorer(policy)  # what the update differentiates through (DDP needs its forward)
-    if world.size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+    model = ResponseScorer(policy)  # what scoring runs; workers average their gradients (World.average_gradients)
     engine = ENGINES[cfg.rollout.engine](policy, tokenizer)
     if world.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
 
     # one scoring setup for the policy and the reference; the sampling temperature divides both
-    score = partial(policy_forward, chunk_tokens=cfg.logits_chunk_tokens, temperature=cfg.rollout.temperature,
-                    micro_batch=cfg.micro_batch, share_prompt=cfg.share_prompt)
+    scoring = {"chunk_tokens": cfg.logits_chunk_tokens, "temperature": cfg.rollout.temperature,
+               "micro_batch": cfg.micro_batch, "share_prompt": cfg.share_prompt}
+    score, backward = partial(policy_forward, **scoring), partial(policy_backward, **scoring)
     sampling = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               max_new_tokens=cfg.rollout.max_new_tokens)
     per_worker = cfg.rollout.prompts_per_step // world.size
@@ -266,16 +316,19 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
         correct = torch.tensor([float(g.correct) for g in grades])
         t_rew = time.perf_counter()
 
-        # 3. one forward pass: log-probs (with grad) and the post-norm hidden states of the response rows
+        # 3. the post-norm hidden states of the response rows: recorded by the sampler, else one no-grad pass,
+        #    which also gives the old log-probs when several updates share this rollout
         rollout = rollout.to(device)
         mask = rollout.response_mask
         single_update = cfg.algo.mini_batches == 1
-        with torch.set_grad_enabled(single_update):
-            out = score(model, rollout, with_entropy=cfg.algo.entropy_coef > 0 and single_update)
-        old_logp = out.logprobs.detach()
+        hidden, old_logp = rollout.hidden, None  # one update per rollout: old log-probs = current, detached
+        if hidden is None or not single_update:
+            with torch.no_grad():
+                out = score(model, rollout)
+            hidden, old_logp = out.hidden, None if single_update else out.logprobs
 
         # 4. rank metrics of each response (float64 Gram route; see verl_bench.rank)
-        er, erv, era = rank_dynamics(out.hidden, mask, stride=cfg.rank.stride, window=cfg.rank.window,
+        er, erv, era = rank_dynamics(hidden, mask, stride=cfg.rank.stride, window=cfg.rank.window,
                                      dtype=getattr(torch, cfg.rank.dtype))
 
         # 5. shaping and advantages over the GLOBAL batch, so every worker holds the same baselines
@@ -291,30 +344,25 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
         adv = token_advantages(a0[local].float().to(device), mask,
                                None if bonus is None else bonus[local].float().to(device), cfg.shaping.placement)
 
-        # 6. clipped policy loss (+ KL to the frozen reference, entropy bonus) and the optimizer step
+        # 6. clipped policy loss (+ KL to the frozen reference, entropy bonus) and the optimizer step: each
+        #    scoring micro-batch backpropagates its share of the mini-batch's loss as soon as it is scored
         ref_logp = None
         if ref_model is not None:
             with torch.no_grad():
                 ref_logp = score(ref_model, rollout).logprobs
         stats_acc: dict[str, float] = {}
         grad_norm = 0.0
-        rows = torch.randperm(len(rewards)).chunk(cfg.algo.mini_batches)
-        for mb in rows:
-            if not single_update:
-                out = score(model, _select(rollout, mb), with_entropy=cfg.algo.entropy_coef > 0)
-            sel = slice(None) if single_update else mb.to(device)
-            loss, stats = policy_loss(
-                out.logprobs, old_logp[sel], adv[sel], mask[sel], clip_low=cfg.algo.clip_low,
-                clip_high=cfg.algo.clip_high, agg=cfg.algo.loss_agg,
-                ref_logp=None if ref_logp is None else ref_logp[sel], kl_coef=cfg.algo.kl_coef,
-                entropy=out.entropy, entropy_coef=cfg.algo.entropy_coef,
-            )
+        minis = torch.randperm(len(rewards)).chunk(cfg.algo.mini_batches)
+        for mb in minis:
+            rows = torch.arange(len(rewards)) if single_update else mb
+            share = partial(_loss_share, rows=rows.to(device), old_logp=old_logp, adv=adv, mask=mask,
+                            ref_logp=ref_logp, algo=cfg.algo, stats=stats_acc, weight=1 / len(minis))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss = backward(model, rollout if single_update else rollout.select(mb), share,
+                            with_entropy=cfg.algo.entropy_coef > 0)
+            world.average_gradients(model.parameters())
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.algo.max_grad_norm))
             optimizer.step()
-            for k, v in stats.items():
-                stats_acc[k] = stats_acc.get(k, 0.0) + float(v) / len(rows)
         t_end = time.perf_counter()
 
         # 7. metrics, checkpoint, report
@@ -331,7 +379,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
             "verl/frac_shaped": float((bonus > 0).float().mean()) if bonus is not None else
             float(shaped.active and cfg.shaping.target == "reward"),
             "verl/lambda": float(shaped.lam),
-            "loss": float(loss.detach()), "kl": stats_acc.get("kl", 0.0), "entropy": stats_acc.get("entropy", 0.0),
+            "loss": float(loss), "kl": stats_acc.get("kl", 0.0), "entropy": stats_acc.get("entropy", 0.0),
             "clip_frac": stats_acc.get("clip_frac", 0.0), "grad_norm": grad_norm,
             "time/step_s": t_end - t0, "time/generate_s": t_gen - t0, "time/reward_s": t_rew - t_gen,
             "time/update_s": t_end - t_rew, "tokens_per_s": n_tokens / (t_end - t0),
@@ -358,12 +406,28 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
     return metrics
 
 
-def _select(rollout, rows: torch.Tensor):
-    from verl_bench.rollout import Rollout
+def _loss_share(idx, logp, entropy, *, rows, old_logp, adv, mask, ref_logp, algo, stats: dict, weight: float):
+    """One scoring micro-batch's share of a mini-batch's loss (``policy_backward`` calls this per micro-batch).
 
-    r = rows.to(rollout.prompt_ids.device)
-    return Rollout(rollout.prompt_ids[r], rollout.prompt_mask[r], rollout.response_ids[r],
-                   rollout.response_mask[r], rollout.group_ids[r], [rollout.texts[i] for i in rows.tolist()])
+    ``idx`` indexes ``rows`` (the mini-batch's rollout rows). ``policy_loss`` over the micro-batch, scaled by
+    its share of the aggregate (its tokens for token_mean, its responses for seq_mean), so the shares sum to
+    the loss over the whole mini-batch. Adds the micro-batch's share of the stats (times ``weight``) to ``stats``.
+    """
+    r = rows[idx]
+    m = mask[r]
+    loss, st = policy_loss(
+        logp, logp.detach() if old_logp is None else old_logp[r], adv[r], m, clip_low=algo.clip_low,
+        clip_high=algo.clip_high, agg=algo.loss_agg, ref_logp=None if ref_logp is None else ref_logp[r],
+        kl_coef=algo.kl_coef, entropy=entropy, entropy_coef=algo.entropy_coef,
+    )
+    tokens = float(m.sum() / mask[rows].sum())
+    part = tokens if algo.loss_agg == "token_mean" else len(r) / len(rows)
+    for k, v in st.items():
+        if k == "ratio_max":
+            stats[k] = max(stats.get(k, 0.0), float(v))
+        else:  # clip_frac and ratio_mean are token means whatever the loss aggregation
+            stats[k] = stats.get(k, 0.0) + weight * float(v) * (tokens if k in ("clip_frac", "ratio_mean") else part)
+    return loss * part
 
 
 def _progress(m: dict, total: int) -> str:
