@@ -9,8 +9,8 @@ micro-batch as soon as it is scored (verl_bench.policy.policy_backward). Variant
   lean    cached sampler (shared prefill, finished samples leave the batch); length-sorted micro-batches
           of 8, HF gradient checkpointing (per decoder layer)
   shared  cached sampler; each prompt scored once per rollout, its KV cache shared by its samples,
-          length-sorted micro-batches of 16
-  demo    the demo default: shared prompts, micro-batches of 8
+          length-sorted micro-batches of 8 responses
+  demo    the demo default: shared prompts, micro-batches of at most 160 padded response positions
 Prints median step / generate / update times (steps 2.., the first pays one-time costs), peak RSS, mean
 response length and the 1-minute load average seen while each variant ran (this machine has 2 cores: a
 lone run shows about 2), the ratios to naive, and appends one row to benchmarks/results/grpo_step.jsonl.
@@ -31,11 +31,14 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "grpo_step.jsonl"
 VARIANTS = {
-    "naive": ["rollout.engine=hf", "micro_batch=null", "gradient_checkpointing=false",
+    "naive": ["rollout.engine=hf", "micro_batch=null", "micro_batch_tokens=null", "gradient_checkpointing=false",
               "logits_chunk_tokens=1000000", "share_prompt=false"],
-    "lean": ["rollout.engine=cached", "micro_batch=8", "gradient_checkpointing=true", "share_prompt=false"],
-    "shared": ["rollout.engine=cached", "micro_batch=16", "gradient_checkpointing=false", "share_prompt=true"],
-    "demo": ["rollout.engine=cached", "micro_batch=8", "gradient_checkpointing=false", "share_prompt=true"],
+    "lean": ["rollout.engine=cached", "micro_batch=8", "micro_batch_tokens=null", "gradient_checkpointing=true",
+             "share_prompt=false"],
+    "shared": ["rollout.engine=cached", "micro_batch=8", "micro_batch_tokens=null", "gradient_checkpointing=false",
+               "share_prompt=true"],
+    "demo": ["rollout.engine=cached", "micro_batch=null", "micro_batch_tokens=160", "gradient_checkpointing=false",
+             "share_prompt=true"],
 }
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from verl_bench.models import load_model
-from verl_bench.policy import policy_backward, policy_forward
+from verl_bench.policy import micro_batches, policy_backward, policy_forward
 from verl_bench.rollout import (
     CachedSamplingEngine,
     HFGenerateEngine,
@@ -122,8 +122,10 @@ def test_shared_prompt_scoring_is_exact(tiny, micro_batch):
     model.zero_grad(set_to_none=True)
 
 
-@pytest.mark.parametrize("micro_batch,share_prompt", [(None, False), (3, False), (3, True), (5, True)])
-def test_backward_by_micro_batch_equals_one_backward(tiny, micro_batch, share_prompt):
+@pytest.mark.parametrize("micro_batch,share_prompt,max_tokens",
+                         [(None, False, None), (3, False, None), (3, True, None), (5, True, None), (None, True, 12),
+                          (None, False, 12)])
+def test_backward_by_micro_batch_equals_one_backward(tiny, micro_batch, share_prompt, max_tokens):
     """The update's backward, one micro-batch at a time, gives the gradient of one pass over the whole rollout."""
     model, tok = tiny
     roll = _ragged(model, tok)
@@ -144,8 +146,11 @@ def test_backward_by_micro_batch_equals_one_backward(tiny, micro_batch, share_pr
         return (w_lp[rows] * logp).sum() + (w_ent[rows] * entropy).sum()
 
     total = policy_backward(model, roll, loss_fn, with_entropy=True, micro_batch=micro_batch,
-                            share_prompt=share_prompt)
-    assert len(calls) == -(-8 // (micro_batch or 8)) and all(calls[1:])
+                            share_prompt=share_prompt, micro_batch_tokens=max_tokens)
+    lengths = roll.response_mask.sum(1)  # 10, 3, 7, 1, 10, 5, 9, 2
+    expected = len(list(micro_batches(lengths, micro_batch, max_tokens)))
+    assert expected == (6 if max_tokens else -(-8 // (micro_batch or 8)))  # 10|10|9|7|5,3|2,1 under 12 tokens
+    assert len(calls) == expected and all(calls[1:])
     torch.testing.assert_close(total, whole.detach(), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(_grad(model), g_whole, rtol=1e-4, atol=1e-5)
     model.zero_grad(set_to_none=True)
@@ -298,3 +303,23 @@ def test_sampler_matches_the_categorical_distribution_and_torch_multinomial(temp
     # the test has the power to see a wrong sampler: the same counts given to the neighbouring tokens fail it
     shifted = np.roll(ours_counts[support], 1)
     assert stats.chisquare(shifted, draws * nucleus[support]).pvalue < 1e-6
+
+
+@pytest.mark.parametrize("max_rows,max_tokens", [(None, None), (4, None), (None, 40), (3, 25), (None, 1)])
+def test_micro_batches_cover_every_row_within_budget(max_rows, max_tokens):
+    gen = torch.Generator().manual_seed(5)
+    lengths = torch.randint(0, 30, (37,), generator=gen)
+    batches = list(micro_batches(lengths, max_rows, max_tokens))
+    rows = torch.cat(batches)
+    assert sorted(rows.tolist()) == list(range(37))  # every row exactly once
+    assert torch.all(lengths[rows][1:] <= lengths[rows][:-1])  # longest first
+    for b in batches:
+        width = max(int(lengths[b].max()), 1)
+        assert max_rows is None or len(b) <= max_rows
+        assert max_tokens is None or len(b) == 1 or len(b) * width <= max_tokens
+    if max_tokens is None and max_rows is None:
+        assert len(batches) == 1
+    if max_tokens:  # greedy: the next row would have broken the budget (or the rows ran out)
+        for b in batches[:-1]:
+            width = max(int(lengths[b[0]]), 1)
+            assert (len(b) + 1) * width > max_tokens or (max_rows is not None and len(b) == max_rows)

@@ -114,6 +114,8 @@ def test_bad_config_is_rejected_before_any_work(tmp_path):
         load_config(None, ["rollout.n=four"])
     with pytest.raises(ConfigError, match=r"algo.estimator: unknown estimator 'ppo2'"):
         load_config(None, ["algo.estimator=ppo2"])
+    with pytest.raises(ConfigError, match=r"micro_batch_tokens: must be >= 1 or null \(got 0\)"):
+        load_config(None, ["micro_batch_tokens=0"])
     assert not (tmp_path / "runs").exists()
 
 
@@ -178,8 +180,8 @@ def test_micro_batched_shared_prompt_update_equals_one_pass(tmp_path, alternatin
     whole rollout in one micro-batch without sharing: same first step."""
     plain = _cfg(tmp_path, "plain", "steps=1", "share_prompt=false", "micro_batch=null", f"algo.loss_agg={agg}",
                  "algo.entropy_coef=0.01")
-    fast = _cfg(tmp_path, "fast", "steps=1", "share_prompt=true", "micro_batch=3", f"algo.loss_agg={agg}",
-                "algo.entropy_coef=0.01")
+    fast = _cfg(tmp_path, "fast", "steps=1", "share_prompt=true", "micro_batch=3", "micro_batch_tokens=12",
+                f"algo.loss_agg={agg}", "algo.entropy_coef=0.01")
     a, b = train(plain), train(fast)
     assert a["response_length"] == b["response_length"]  # the same rollout (sampling comes first)
     for key in ("loss", "grad_norm", "rank/er", "rank/erv", "rank/era", "entropy", "clip_frac"):

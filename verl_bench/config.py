@@ -96,6 +96,8 @@ class TrainConfig:
     logits_chunk_tokens: int = 512  # LM-head rows per chunk: 512 x 49k vocab x 4 B = 100 MB of logits at a time
     micro_batch: int | None = 8  # responses per scoring micro-batch, grouped by length (None: all at once); the
     #                              update backpropagates one micro-batch at a time, so it bounds activation memory
+    micro_batch_tokens: int | None = None  # and at most this many padded response positions (rows x width):
+    #                                          bounds activation memory whatever the lengths (None: no cap)
     share_prompt: bool = False  # score each prompt once per rollout, its KV cache shared by its samples (exact)
     threads: int | None = None  # torch CPU threads (None: torch's default)
     data: DataConfig = field(default_factory=DataConfig)
@@ -124,13 +126,16 @@ class TrainConfig:
             (self.rank.window >= 1, "rank.window", "must be >= 1"),
             (self.ray.num_workers >= 1, "ray.num_workers", "must be >= 1"),
             (self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0"),
+            (self.micro_batch is None or self.micro_batch >= 1, "micro_batch", "must be >= 1 or null"),
+            (self.micro_batch_tokens is None or self.micro_batch_tokens >= 1, "micro_batch_tokens",
+             "must be >= 1 or null"),
             (self.rollout.prompts_per_step % self.ray.num_workers == 0, "rollout.prompts_per_step",
              f"must be a multiple of ray.num_workers ({self.ray.num_workers})"),
             (self.algo.mini_batches <= self.rollout.prompts_per_step * self.rollout.n, "algo.mini_batches",
              "must not exceed the responses per step"),
             (not (self.share_prompt and self.gradient_checkpointing), "share_prompt",
              ("cannot be combined with gradient_checkpointing: HF turns off the KV cache that carries the shared "
-              "prompt under it (memory is bounded by micro_batch either way: lower it instead)")),
+              "prompt under it (memory is bounded by micro_batch_tokens either way: lower it instead)")),
         ]
         for ok, key, why in checks:
             if not ok:

@@ -46,7 +46,7 @@ class ResponseScorer(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, prompt_len: int, targets, mask, chunk_tokens: int = 4096,
                 with_entropy: bool = False, temperature: float = 1.0, micro_batch: int | None = None,
-                group_ids=None):
+                group_ids=None, micro_batch_tokens: int | None = None):
         """(logprobs (N, R), entropy (N, R) or None, hidden (N, R, D) detached) for a whole rollout.
 
         With grad, every micro-batch's activations stay alive until backward; the LM head then runs in
@@ -58,7 +58,8 @@ class ResponseScorer(torch.nn.Module):
         logp_parts, ent_parts, hidden_parts, order = [], [], [], []
         for idx, rows, lp, ent in self._micro_batches(input_ids, attention_mask, prompt_len, targets, mask,
                                                        chunk_tokens, with_entropy, temperature, micro_batch,
-                                                       prompt, checkpoint_head=torch.is_grad_enabled()):
+                                                       prompt, checkpoint_head=torch.is_grad_enabled(),
+                                                       max_tokens=micro_batch_tokens):
             logp_parts.append(lp)
             ent_parts.append(ent)
             hidden = rows.detach() * mask[idx, : rows.shape[1], None].to(rows.dtype)
@@ -71,7 +72,8 @@ class ResponseScorer(torch.nn.Module):
 
     def backward_by_micro_batch(self, input_ids, attention_mask, prompt_len: int, targets, mask, loss_fn,
                                 chunk_tokens: int = 4096, with_entropy: bool = False, temperature: float = 1.0,
-                                micro_batch: int | None = None, group_ids=None) -> torch.Tensor:
+                                micro_batch: int | None = None, group_ids=None,
+                                micro_batch_tokens: int | None = None) -> torch.Tensor:
         """Score and backpropagate one micro-batch at a time; returns the summed loss (detached).
 
         ``loss_fn(rows, logprobs, entropy)`` gets the rollout rows of a micro-batch and their (m, R) log-probs
@@ -79,7 +81,8 @@ class ResponseScorer(torch.nn.Module):
         before the next micro-batch is scored. The gradients are those of the summed loss over one
         ``forward`` (exact), but only one micro-batch's activations are ever alive and nothing is recomputed:
         the loss must not need the other micro-batches, so advantages have to be known before scoring. A
-        micro-batch holds at most ``micro_batch`` x R rows, so its LM-head logits are kept, not recomputed.
+        micro-batch holds at most ``micro_batch`` rows and ``micro_batch_tokens`` response positions (rows x
+        its padded width), so its LM-head logits are kept, not recomputed.
         With ``group_ids`` the shared prompt pass is backpropagated last, with its KV gradients summed over
         every micro-batch.
         """
@@ -92,7 +95,7 @@ class ResponseScorer(torch.nn.Module):
         total = torch.zeros(())
         for idx, _, lp, ent in self._micro_batches(input_ids, attention_mask, prompt_len, targets, mask,
                                                    chunk_tokens, with_entropy, temperature, micro_batch, prompt,
-                                                   checkpoint_head=False):
+                                                   checkpoint_head=False, max_tokens=micro_batch_tokens):
             loss = loss_fn(idx, lp, ent)
             loss.backward()
             total = total + loss.detach().cpu()
@@ -102,14 +105,12 @@ class ResponseScorer(torch.nn.Module):
         return total
 
     def _micro_batches(self, input_ids, attention_mask, prompt_len, targets, mask, chunk_tokens, with_entropy,
-                       temperature, micro_batch, prompt, checkpoint_head):
+                       temperature, micro_batch, prompt, checkpoint_head, max_tokens=None):
         """Yield (rows of the rollout, hidden (m, r_mb, D), logprobs (m, R), entropy (m, R) or None) per
         micro-batch, longest responses first, each cut to its own width."""
-        n, r = targets.shape
+        r = targets.shape[1]
         lengths = mask.sum(dim=1)
-        order = torch.argsort(lengths, descending=True, stable=True)
-        step = micro_batch or n
-        for idx in (order[i : i + step] for i in range(0, n, step)):
+        for idx in micro_batches(lengths, micro_batch, max_tokens):
             r_mb = max(int(lengths[idx].max()), 1)
             if prompt is None:
                 first = int(attention_mask[idx, :prompt_len].any(dim=0).int().argmax())  # drop all-pad columns
@@ -205,6 +206,7 @@ def _cat(parts):
 def policy_forward(
     model, rollout: Rollout, *, chunk_tokens: int = 4096, with_entropy: bool = False,
     temperature: float = 1.0, micro_batch: int | None = None, share_prompt: bool = False,
+    micro_batch_tokens: int | None = None,
 ) -> PolicyOutput:
     """Forward the policy over prompt+response. Gradients flow into ``logprobs`` when grad is enabled.
 
@@ -216,7 +218,7 @@ def policy_forward(
     logprobs, entropy, hidden = scorer(
         rollout.input_ids.to(device), rollout.attention_mask.to(device), rollout.prompt_ids.shape[1],
         rollout.response_ids.to(device), rollout.response_mask.to(device), chunk_tokens, with_entropy,
-        temperature, micro_batch, rollout.group_ids.to(device) if share_prompt else None,
+        temperature, micro_batch, rollout.group_ids.to(device) if share_prompt else None, micro_batch_tokens,
     )
     return PolicyOutput(logprobs=logprobs, hidden=hidden, entropy=entropy)
 
@@ -224,6 +226,7 @@ def policy_forward(
 def policy_backward(
     model, rollout: Rollout, loss_fn, *, chunk_tokens: int = 4096, with_entropy: bool = False,
     temperature: float = 1.0, micro_batch: int | None = None, share_prompt: bool = False,
+    micro_batch_tokens: int | None = None,
 ) -> torch.Tensor:
     """Backpropagate ``loss_fn`` micro-batch by micro-batch (see ``ResponseScorer.backward_by_micro_batch``).
 
@@ -235,8 +238,23 @@ def policy_backward(
     return scorer.backward_by_micro_batch(
         rollout.input_ids.to(device), rollout.attention_mask.to(device), rollout.prompt_ids.shape[1],
         rollout.response_ids.to(device), rollout.response_mask.to(device), loss_fn, chunk_tokens, with_entropy,
-        temperature, micro_batch, rollout.group_ids.to(device) if share_prompt else None,
+        temperature, micro_batch, rollout.group_ids.to(device) if share_prompt else None, micro_batch_tokens,
     )
+
+
+def micro_batches(lengths: torch.Tensor, max_rows: int | None = None, max_tokens: int | None = None):
+    """Split rows into micro-batches, longest first: each holds at most ``max_rows`` rows and, when it holds
+    more than one, at most ``max_tokens`` padded positions (rows x its longest length). A token budget bounds
+    a micro-batch's activation memory whatever the lengths, and lets many short responses share one pass."""
+    order = torch.argsort(lengths, descending=True, stable=True)
+    n, start = len(order), 0
+    while start < n:
+        take = min(max_rows or n, n - start)
+        if max_tokens:
+            width = max(int(lengths[order[start]]), 1)  # the first row is the micro-batch's longest
+            take = max(1, min(take, max_tokens // width))
+        yield order[start : start + take]
+        start += take
 
 
 def _head_logprobs(head, rows, targets, temperature: float, with_entropy: bool):

@@ -288,7 +288,8 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
 
     # one scoring setup for the policy and the reference; the sampling temperature divides both
     scoring = {"chunk_tokens": cfg.logits_chunk_tokens, "temperature": cfg.rollout.temperature,
-               "micro_batch": cfg.micro_batch, "share_prompt": cfg.share_prompt}
+               "micro_batch": cfg.micro_batch, "micro_batch_tokens": cfg.micro_batch_tokens,
+               "share_prompt": cfg.share_prompt}
     score, backward = partial(policy_forward, **scoring), partial(policy_backward, **scoring)
     sampling = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                               max_new_tokens=cfg.rollout.max_new_tokens)
