@@ -47,7 +47,7 @@ def main(argv=None):
         "prompts_per_step": cfg.rollout.prompts_per_step, "n": cfg.rollout.n,
         "max_new_tokens": cfg.rollout.max_new_tokens, "lr": cfg.algo.lr, "shaping": cfg.shaping.enabled,
         "gradient_checkpointing": cfg.gradient_checkpointing, "share_prompt": cfg.share_prompt,
-        "micro_batch": cfg.micro_batch, "engine": cfg.rollout.engine, "threads": torch.get_num_threads(),
+        "micro_batch": cfg.micro_batch, "micro_batch_tokens": cfg.micro_batch_tokens, "engine": cfg.rollout.engine, "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
         "val_accuracy_before": vals[0][1] if vals else None, "val_accuracy_after": vals[-1][1] if vals else None,
         "val_problems": vals[0][2] if vals else None, "val_curve": vals,
