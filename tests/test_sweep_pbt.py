@@ -51,7 +51,8 @@ def test_pbt_sweep_clones_and_perturbs(tmp_path, fresh_ray):
     # The metric is the shaping lambda itself (verl/lambda = shaping.lam with lambda_mode fixed): the trial
     # with the smaller lam is always the worse one, so at a perturbation step where both trials have a
     # score, the worse trial is cloned from the better one. resample_probability 0: mutations are x0.8/x1.2.
-    base = {**TINY_BASE, "steps": 6, "checkpoint_every": 1, "keep_checkpoints": 0}
+    steps = 8  # perturbations at steps 2, 4, 6 leave steps to train after a clone
+    base = {**TINY_BASE, "steps": steps, "checkpoint_every": 1, "keep_checkpoints": 0}
     grid = run_sweep(_write(
         tmp_path, base=base, space={"shaping.lam": {"uniform": [0.5, 2.0]}, "algo.lr": {"loguniform": [1e-4, 1e-1]}},
         search={"algo": "random", "seed": 0}, metric="verl/lambda", mode="max", num_samples=2, max_concurrent=2,
@@ -64,15 +65,33 @@ def test_pbt_sweep_clones_and_perturbs(tmp_path, fresh_ray):
     exploited = 0
     for r in grid:
         df = r.metrics_dataframe
-        clones = [p for p in df["restored_from"].fillna("").unique() if "/checkpoint_" in p]  # Tune checkpoints
-        for path in clones:
+        # Tune's result file keeps every report across the restarts (sweep/loggers.py): the trial's own steps
+        # from 1, then after each clone the donor's step + 1 onwards, each run of rows without a gap, to the end
+        assert len(df) and "restored_from" in df, f"{r.path}: Tune kept no result rows"
+        runs = (df["restored_from"].fillna("") != df["restored_from"].fillna("").shift()).cumsum()
+        segments = [seg for _, seg in df.groupby(runs, sort=False)]
+        assert segments[0]["step"].iloc[0] == 1, df[["step", "restored_from"]]
+        for seg in segments:
+            assert list(seg["step"]) == list(range(seg["step"].iloc[0], seg["step"].iloc[-1] + 1)), seg["step"]
+        clones = []
+        for path in df["restored_from"].fillna("").unique():
+            if "/checkpoint_" not in path:  # a Tune checkpoint: a clone, or PBT resuming a trial it paused
+                continue
             ckpt = Path(path)
             donor = ckpt.parent.name
-            assert donor in trial_dirs and donor != Path(r.path).name  # another trial's checkpoint
+            assert donor in trial_dirs
             donor_step = torch.load(ckpt / STATE_FILE, weights_only=False)["step"]
             first = df[df["restored_from"] == path]["step"].min()
-            assert first == donor_step + 1  # continued from the donor's step, not from step 0
-            exploited += 1
+            assert first == donor_step + 1  # continued from the checkpoint's step, not from step 0
+            if donor != Path(r.path).name:
+                clones.append(path)
+        exploited += len(clones)
+        policy = exp / f"pbt_policy_{r.metrics['trial_id']}.txt"  # Tune's log of this trial's exploits
+        exploits = len(policy.read_text().splitlines()) if policy.is_file() else 0
+        assert len(clones) <= exploits
+        if len(clones) < exploits:
+            continue  # the last exploit cloned a donor's final checkpoint: the trial trained no step after it
+        assert df["step"].iloc[-1] == steps
         if clones:
             # after the last clone the trial trained with its mutated config: lam as reported, lr as saved
             cfg = r.config

@@ -255,6 +255,7 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, storage: str | No
     from ray import tune
 
     from verl_bench.distributed import init_ray
+    from verl_bench.sweep.loggers import result_loggers
     from verl_bench.sweep.progress import SweepProgress
 
     init_ray(address, dashboard=spec.workers > 1)  # see init_ray: Train-backed trials need the state API
@@ -281,7 +282,7 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, storage: str | No
             name=path.name, storage_path=str(path.parent),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.base["keep_checkpoints"] or None),
-            callbacks=[SweepProgress(spec.metrics[0], spec.modes[0], progress_every_s, note)],
+            callbacks=[SweepProgress(spec.metrics[0], spec.modes[0], progress_every_s, note), *result_loggers()],
             verbose=0,  # SweepProgress prints the status; Tune's tables would repeat it every few seconds
         ),
     )
