@@ -216,6 +216,30 @@ def test_engines_record_the_scoring_hidden_states(tiny, engine, temperature):
     assert (roll.hidden[~roll.response_mask] == 0).all()
 
 
+@pytest.mark.parametrize("engine", [CachedSamplingEngine, HFGenerateEngine])
+def test_min_new_tokens_holds_eos_back(tiny, engine):
+    """EOS is not sampled in the first min_new_tokens positions (HF's min_new_tokens); it may end a row after."""
+    model, tok = tiny
+    eos = tok.eos_token_id
+    bias = torch.zeros(model.config.vocab_size)
+    bias[eos] = 9.0  # EOS ~15% a step: without the floor some samples end within the first few tokens
+    hook = model.get_output_embeddings().register_forward_hook(lambda mod, inp, out: out + bias)
+    prompts = _chat(tok, ["hi", "hello there"])
+    try:
+        rolls = {}
+        for floor in (0, 10):
+            torch.manual_seed(1)
+            rolls[floor] = engine(model, tok).generate(
+                prompts, SamplingParams(n=8, temperature=1.0, max_new_tokens=24, min_new_tokens=floor))
+    finally:
+        hook.remove()
+    assert rolls[0].response_lengths.min() < 10
+    held = rolls[10]
+    assert not torch.isin(held.response_ids[:, :10], torch.tensor([eos])).any()
+    assert held.response_lengths.min() >= 10 and held.response_mask[:, :10].all()
+    assert (held.response_lengths < 24).any()  # EOS can still end a sample after the floor
+
+
 def test_cached_engine_drops_finished_samples_and_keeps_the_layout(tiny):
     model, tok = tiny
     # make EOS likely (~15% a step) so samples end at different lengths: a hook adds +9 to its logit

@@ -116,6 +116,8 @@ def test_bad_config_is_rejected_before_any_work(tmp_path):
         load_config(None, ["algo.estimator=ppo2"])
     with pytest.raises(ConfigError, match=r"micro_batch_tokens: must be >= 1 or null \(got 0\)"):
         load_config(None, ["micro_batch_tokens=0"])
+    with pytest.raises(ConfigError, match=r"rollout.min_new_tokens: must be in \[0, rollout.max_new_tokens\] \(got 65\)"):
+        load_config(None, ["rollout.max_new_tokens=64", "rollout.min_new_tokens=65"])
     assert not (tmp_path / "runs").exists()
 
 

@@ -43,6 +43,8 @@ class RolloutConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
+    min_new_tokens: int = 0  # EOS cannot be sampled before this many tokens (HF's min_new_tokens); set it to
+    #                          max_new_tokens to time steps at a fixed length (see benchmarks/grpo_step.py)
     eval_max_new_tokens: int | None = None  # default: max_new_tokens
 
 
@@ -117,6 +119,8 @@ class TrainConfig:
             (self.rollout.n >= 1, "rollout.n", "must be >= 1"),
             (self.rollout.prompts_per_step >= 1, "rollout.prompts_per_step", "must be >= 1"),
             (self.rollout.max_new_tokens >= 1, "rollout.max_new_tokens", "must be >= 1"),
+            (0 <= self.rollout.min_new_tokens <= self.rollout.max_new_tokens, "rollout.min_new_tokens",
+             "must be in [0, rollout.max_new_tokens]"),
             (self.rollout.temperature > 0, "rollout.temperature", "must be > 0 (GRPO samples; greedy is for evaluation)"),
             (0 < self.rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]"),
             (self.algo.lr > 0, "algo.lr", "must be > 0"),

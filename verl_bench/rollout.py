@@ -9,6 +9,7 @@ can implement the same interface where vLLM is installed.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -60,6 +61,7 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 64
+    min_new_tokens: int = 0  # EOS is masked out of the first min_new_tokens samples
 
 
 class RolloutEngine(Protocol):
@@ -106,6 +108,7 @@ class HFGenerateEngine:
                     top_p=params.top_p if params.temperature > 0 else None,
                     top_k=0 if params.temperature > 0 else None,  # no hidden top-k from generation_config
                     max_new_tokens=params.max_new_tokens,
+                    min_new_tokens=params.min_new_tokens or None,
                     eos_token_id=eos,
                     pad_token_id=tok.pad_token_id,
                 )
@@ -171,7 +174,10 @@ class CachedSamplingEngine:
             active = torch.arange(total, device=device)  # which samples are still being generated
             width = 0
             for t in range(params.max_new_tokens):
-                nxt = sample_tokens(head(state), params.temperature, params.top_p)
+                logits = head(state)
+                if t < params.min_new_tokens:
+                    logits[:, eos] = -math.inf  # as HF's min_new_tokens: renormalised over the other tokens
+                nxt = sample_tokens(logits, params.temperature, params.top_p)
                 tokens[active, t] = nxt
                 hidden[active, t] = state
                 width = t + 1

@@ -292,7 +292,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
                "share_prompt": cfg.share_prompt}
     score, backward = partial(policy_forward, **scoring), partial(policy_backward, **scoring)
     sampling = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                              max_new_tokens=cfg.rollout.max_new_tokens)
+                              max_new_tokens=cfg.rollout.max_new_tokens, min_new_tokens=cfg.rollout.min_new_tokens)
     per_worker = cfg.rollout.prompts_per_step // world.size
     metrics: dict = {}
     if start_step == 0 and cfg.data.eval_size > 0:
