@@ -112,8 +112,9 @@ def check_train(model_dir: Path, run_dir: Path, args, device: torch.device) -> d
     cfg = load_config(Path(__file__).resolve().parents[1] / "verl_bench" / "configs" / "demo.yaml", [
         f"model={model_dir}", f"run_dir={run_dir}", f"steps={args.steps}", f"checkpoint_every={args.steps}",
         "eval_every=0", "data.eval_size=0", f"rollout.prompts_per_step={args.prompts}", f"rollout.n={args.n}",
-        f"rollout.max_new_tokens={args.max_new_tokens}", "micro_batch_tokens=null" if device.type == "cuda" else
-        "micro_batch_tokens=160"])
+        f"rollout.max_new_tokens={args.max_new_tokens}",
+        # whole-batch scoring of 256 x 256 tokens would hold ~70 GB of activations: 64 full rows at a time
+        "micro_batch_tokens=16384" if device.type == "cuda" else "micro_batch_tokens=160"])
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     real_grader, reward_lib.grade_batch = reward_lib.grade_batch, every_other_correct
