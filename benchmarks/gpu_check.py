@@ -128,13 +128,12 @@ def check_train(model_dir: Path, run_dir: Path, args, device: torch.device) -> d
     finite = all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in rows)
     grads = all(r["grad_norm"] > 0 for r in rows)
 
-    # the checkpoint is a plain HF folder: transformers loads it and gives the policy's logits
-    ckpt = latest_checkpoint(run_dir)
-    reloaded = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    # the checkpoint is a plain HF folder: transformers loads it, and training moved its logits
+    reloaded = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run_dir), dtype=torch.float32).eval()
+    initial = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
-    trained = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     with torch.no_grad():
-        moved = float((reloaded(ids).logits - trained(ids).logits).abs().max())
+        moved = float((reloaded(ids).logits - initial(ids).logits).abs().max())
     return {"train_ok": finite and grads and len(rows) == args.steps and moved > 0, "train_steps": len(rows),
             "train_step_s": med["time/step_s"], "train_generate_s": med["time/generate_s"],
             "train_update_s": med["time/update_s"], "train_tokens_per_s": med["tokens_per_s"],
