@@ -59,7 +59,9 @@ its newest checkpoint. ``resources`` are then the trial's own process, which onl
 Every report carries ``node_id`` and ``hostname`` (and ``world_size`` with Train workers, ``restored_from``:
 the checkpoint the run resumed from, empty when it started fresh): with ``--address`` Ray places trials
 across the cluster's nodes (the storage must then be a folder every node sees). While a sweep runs, a
-status line shows running/pending/paused/done/errored trial counts and the best value so far.
+status line shows running/pending/paused/done/errored trial counts and the best value so far. Tune's
+``result.json`` / ``progress.csv`` (and so ``ResultGrid``'s ``metrics_dataframe``) keep every report of a
+trial across PBT pauses, exploits and retries (``sweep/loggers.py``: Ray 2.60's own loggers lose rows there).
 """
 
 from verl_bench.sweep.run import add_sweep_parser, experiment_path, run_sweep
