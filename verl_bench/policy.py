@@ -13,14 +13,13 @@ loss at once, so only one micro-batch's activations are ever alive and nothing i
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers import DynamicCache
 
-from verl_bench.rollout import Rollout, decoder_and_head
+from verl_bench.rollout import Rollout, cache_argument, cache_of, decoder_and_head
 
 
 @dataclass
@@ -150,8 +149,7 @@ class ResponseScorer(torch.nn.Module):
         """(state that sampled response token 0 (G, D), then each layer's keys and values)."""
         body, _ = decoder_and_head(self.lm)
         out = body(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
-        cache = out["cache"] if "cache" in out else out["past_key_values"]
-        return (out.last_hidden_state[:, -1], *[t for layer in cache for t in layer[:2]])
+        return (out.last_hidden_state[:, -1], *[t for layer in cache_of(out) for t in layer[:2]])
 
     def _rows_after_prompt(self, prompt, idx, response_in, response_mask_in):
         """The rows of ``idx``: the prompt's last state, then response tokens 0..r-2 run on its KV cache."""
@@ -170,8 +168,8 @@ class ResponseScorer(torch.nn.Module):
         # each row gets its prompt's keys and values (a gather: gradients flow back to the prompt per sample)
         cache = DynamicCache(ddp_cache_data=[(k[groups], v[groups]) for k, v in zip(kv[0::2], kv[1::2])],
                              config=self.lm.config)
-        kw = {"cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values": cache}
-        out = body(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **kw)
+        out = body(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True,
+                   **{cache_argument(body): cache})
         return out.last_hidden_state
 
     def _head(self, rows, targets, mask, chunk_tokens, with_entropy, temperature, checkpoint_chunks):
@@ -203,6 +201,16 @@ def _cat(parts):
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
+def _scoring_inputs(model, rollout: Rollout, share_prompt: bool):
+    """The scorer for ``model`` (a causal LM or a ``ResponseScorer``) and the rollout's tensors on its device:
+    (input_ids, attention_mask, prompt_len, targets, mask) and the group ids when prompts are shared."""
+    scorer = model if isinstance(model, ResponseScorer) else ResponseScorer(model)
+    device = next(scorer.parameters()).device
+    tensors = (rollout.input_ids.to(device), rollout.attention_mask.to(device), rollout.prompt_ids.shape[1],
+               rollout.response_ids.to(device), rollout.response_mask.to(device))
+    return scorer, tensors, rollout.group_ids.to(device) if share_prompt else None
+
+
 def policy_forward(
     model, rollout: Rollout, *, chunk_tokens: int = 4096, with_entropy: bool = False,
     temperature: float = 1.0, micro_batch: int | None = None, share_prompt: bool = False,
@@ -213,13 +221,9 @@ def policy_forward(
     ``model`` is a causal LM or a ``ResponseScorer``. ``temperature`` divides the logits the way sampling
     did, so the log-probs are those of the sampling policy.
     """
-    scorer = model if isinstance(model, ResponseScorer) else ResponseScorer(model)
-    device = next(scorer.parameters()).device
-    logprobs, entropy, hidden = scorer(
-        rollout.input_ids.to(device), rollout.attention_mask.to(device), rollout.prompt_ids.shape[1],
-        rollout.response_ids.to(device), rollout.response_mask.to(device), chunk_tokens, with_entropy,
-        temperature, micro_batch, rollout.group_ids.to(device) if share_prompt else None, micro_batch_tokens,
-    )
+    scorer, tensors, groups = _scoring_inputs(model, rollout, share_prompt)
+    logprobs, entropy, hidden = scorer(*tensors, chunk_tokens, with_entropy, temperature, micro_batch, groups,
+                                       micro_batch_tokens)
     return PolicyOutput(logprobs=logprobs, hidden=hidden, entropy=entropy)
 
 
@@ -233,13 +237,9 @@ def policy_backward(
     ``model`` is a causal LM or a ``ResponseScorer``. Gradients accumulate in the parameters as they would
     from one backward of the summed loss; returns that sum (detached).
     """
-    scorer = model if isinstance(model, ResponseScorer) else ResponseScorer(model)
-    device = next(scorer.parameters()).device
-    return scorer.backward_by_micro_batch(
-        rollout.input_ids.to(device), rollout.attention_mask.to(device), rollout.prompt_ids.shape[1],
-        rollout.response_ids.to(device), rollout.response_mask.to(device), loss_fn, chunk_tokens, with_entropy,
-        temperature, micro_batch, rollout.group_ids.to(device) if share_prompt else None, micro_batch_tokens,
-    )
+    scorer, tensors, groups = _scoring_inputs(model, rollout, share_prompt)
+    return scorer.backward_by_micro_batch(*tensors, loss_fn, chunk_tokens, with_entropy, temperature, micro_batch,
+                                          groups, micro_batch_tokens)
 
 
 def micro_batches(lengths: torch.Tensor, max_rows: int | None = None, max_tokens: int | None = None):

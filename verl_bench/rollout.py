@@ -25,7 +25,8 @@ class Rollout:
     group_ids: torch.Tensor  # (N,) index of the prompt each response answers
     texts: list[str] = field(default_factory=list)  # decoded responses (special tokens removed)
     # (N, R, D) post-norm last-layer state that sampled response token j (zero on padding), when the engine
-    # records it: the same rows a scoring pass gives (verl_bench.policy), so the rank metrics need no pass
+    # records it: the same rows a scoring pass gives (verl_bench.policy), so the rank metrics need no pass.
+    # It stays on the model's device (the rank metrics run there); the ids are on the CPU
     hidden: torch.Tensor | None = None
 
     @property
@@ -94,7 +95,7 @@ class HFGenerateEngine:
         pieces, states = [], []
         caught: list[torch.Tensor] = []  # the LM head's input row per generated token of the current batch
         _, head = decoder_and_head(self.model)
-        hook = head.register_forward_hook(lambda mod, args, out: caught.append(args[0][:, -1].detach().cpu()))
+        hook = head.register_forward_hook(lambda mod, args, out: caught.append(args[0][:, -1].detach()))
         was_training = self.model.training
         self.model.eval()  # no dropout while sampling
         try:
@@ -129,7 +130,7 @@ class HFGenerateEngine:
             [ids[m] for ids, m in zip(response_ids, response_mask)], skip_special_tokens=True
         )
         hidden = torch.cat([torch.nn.functional.pad(h, (0, 0, 0, width - h.shape[1])) for h in states])
-        hidden = hidden * response_mask[:, :, None].to(hidden.dtype)
+        hidden = hidden * response_mask[:, :, None].to(hidden.device, hidden.dtype)
         return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_ids, texts, hidden)
 
 
@@ -162,9 +163,7 @@ class CachedSamplingEngine:
             pos = (attn.cumsum(dim=1) - 1).clamp_min(0)
             out = body(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
             rows = torch.arange(len(prompts), device=device).repeat_interleave(params.n)
-            cache = out["cache"] if "cache" in out else out["past_key_values"]
-            # transformers renamed the forward argument past_key_values -> cache (5.2x); accept both
-            cache_kw = "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
+            cache, cache_kw = cache_of(out), cache_argument(body)
             cache.batch_select_indices(rows)  # one prefill per prompt, shared by its n samples
             state = out.last_hidden_state[rows, -1]
             attn, next_pos = attn[rows], pos[rows, -1] + 1
@@ -202,8 +201,7 @@ class CachedSamplingEngine:
         prompt_mask = enc["attention_mask"].bool().repeat_interleave(params.n, dim=0)
         group_ids = torch.arange(len(prompts)).repeat_interleave(params.n)
         texts = tok.batch_decode([r[m] for r, m in zip(response_ids, response_mask)], skip_special_tokens=True)
-        return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_ids, texts,
-                       hidden[:, :width].cpu())
+        return Rollout(prompt_ids, prompt_mask, response_ids, response_mask, group_ids, texts, hidden[:, :width])
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float = 1.0) -> torch.Tensor:
@@ -249,6 +247,17 @@ def decoder_and_head(model):
     if body is None or head is None:
         raise TypeError(f"{type(model).__name__}: expected a causal LM with a base model and an LM head")
     return body, head
+
+
+# transformers renamed the decoder's KV-cache output and forward argument past_key_values -> cache (5.2x)
+def cache_of(out):
+    """The KV cache a decoder forward returned."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
+
+
+def cache_argument(body) -> str:
+    """The name under which ``body.forward`` takes a KV cache."""
+    return "cache" if "cache" in inspect.signature(body.forward).parameters else "past_key_values"
 
 
 def _eos_ids(model, tokenizer) -> list[int]:
