@@ -86,8 +86,11 @@ def test_pbt_sweep_clones_and_perturbs(tmp_path, fresh_ray):
             if donor != Path(r.path).name:
                 clones.append(path)
         exploited += len(clones)
-        policy = exp / f"pbt_policy_{r.metrics['trial_id']}.txt"  # Tune's log of this trial's exploits
-        exploits = len(policy.read_text().splitlines()) if policy.is_file() else 0
+        # Tune's log of this trial's exploits, pbt_policy_<trial id>.txt (the trial's folder name holds its id;
+        # r.metrics may not: after an exploit of a donor's final checkpoint it is the donor's last result)
+        policies = [p for p in exp.glob("pbt_policy_*.txt")
+                    if f"_{p.stem.removeprefix('pbt_policy_')}_" in Path(r.path).name]
+        exploits = sum(len(p.read_text().splitlines()) for p in policies)
         assert len(clones) <= exploits
         if len(clones) < exploits:
             continue  # the last exploit cloned a donor's final checkpoint: the trial trained no step after it
