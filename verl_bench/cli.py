@@ -14,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from verl_bench.errors import UserError
+
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 
@@ -118,14 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: the newest checkpoint is kept; rerun the same command to resume", file=sys.stderr)
         return 130
-    except Exception as e:  # configuration/data errors: one clear line, no traceback
-        from verl_bench.config import ConfigError
-
-        if isinstance(e, (ConfigError, FileNotFoundError)) or type(e).__name__ in (
-                "DataError", "ModelUnavailableError", "EvalUsageError"):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except (UserError, FileNotFoundError) as e:  # bad input: one clear line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,9 +19,10 @@ from typing import Any, Literal
 import yaml
 
 from verl_bench.shaping import ShapingConfig
+from verl_bench.errors import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A configuration problem, located: file, line and dotted key."""
 
 

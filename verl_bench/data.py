@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from verl_bench.reward import extract_boxed
+from verl_bench.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A data file is missing or malformed, or the data root cannot be found."""
 
 

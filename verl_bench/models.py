@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
+from verl_bench.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +75,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _NAME = re.compile(r"^[\w.\-]+$")
 
 
-class ModelUnavailableError(OSError):
+class ModelUnavailableError(UserError, OSError):
     """A model spec that names no local folder and cannot be fetched (for example the hub is offline)."""
 
 

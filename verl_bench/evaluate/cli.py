@@ -16,11 +16,12 @@ from verl_bench.evaluate.run import (
     write_table,
 )
 from verl_bench.evaluate.tasks import BENCHMARKS, GROUP, build_docs, check_benchmarks
+from verl_bench.errors import UserError
 
 DEFAULT_OUTPUT = "runs/eval"
 
 
-class EvalUsageError(ValueError):
+class EvalUsageError(UserError):
     """Bad command-line input for ``verl-bench eval``, found before any model is loaded."""
 
 
