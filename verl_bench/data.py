@@ -22,7 +22,6 @@ import os
 import random
 import re
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,12 @@ log = logging.getLogger(__name__)
 DATA_ENV = "VERL_BENCH_DATA"
 
 __all__ = [
+    "ANSWER_FORMS",
+    "BENCHMARKS",
     "BOXED_INSTRUCTION",
     "DATASETS",
     "DATA_ENV",
+    "HELD_OUT",
     "PROMPT_TEMPLATES",
     "DataError",
     "DatasetSpec",
@@ -154,336 +156,205 @@ def normalize_gold(value: Any) -> str | None:
     return s or None
 
 
-def _gsm8k_gold(rec: dict) -> str | None:
-    ans = rec["answer"]
-    if not isinstance(ans, str) or "####" not in ans:
-        return None
-    return normalize_gold(ans.split("####")[-1].strip().replace(",", ""))
-
-
-def _field_gold(key: str) -> Callable[[dict], str | None]:
-    def get(rec: dict) -> str | None:
-        return normalize_gold(rec[key])
-
-    get.__name__ = f"gold_from_{key}"
-    return get
-
-
-def _boxed_solution_gold(key: str = "solution") -> Callable[[dict], str | None]:
-    def get(rec: dict) -> str | None:
-        sol = rec[key]
-        if not isinstance(sol, str):
-            return None
-        return normalize_gold(extract_boxed(sol))
-
-    return get
-
-
-def _choice_or_answer_gold(rec: dict) -> str | None:
-    choice = rec.get("choice_answer")
-    if isinstance(choice, str) and choice.strip():
-        return choice.strip()
-    return normalize_gold(rec["answer"])
-
-
 # --------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------
 
+# How the gold answer sits in a record's answer field (DatasetSpec.answer_form).
+ANSWER_FORMS = {
+    "value": "the field is the answer (a list is joined with ', ')",
+    "####": "the text after the field's last '####' (GSM8K rationales); commas are thousands separators",
+    "boxed": "the last \\boxed{} of the field (a worked solution)",
+    "choice": "the 'choice_answer' letter when non-empty, else the field",
+}
+
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """How to read one named set.
+    """How to read one named set (one row of the registry table).
 
-    path: file relative to the data root (None for generated sets). fmt: "jsonl", "json" (array) or
-    "generated". question_key: record field with the problem text. required_keys: fields every record
-    must have (a missing one is a DataError naming file, line and key). gold: record -> gold string or
-    None (None = skipped and counted, not an error).
+    path: the file under the data root, ``.jsonl`` or ``.json`` (an array of records); None for a
+    generated set. question_key / answer_key: the record fields with the problem text and the gold
+    answer, the latter in ``answer_form`` (see :data:`ANSWER_FORMS`); every record must have both (a
+    missing one is a DataError naming file, line and key); a record whose gold is null or not
+    extractable is skipped and counted. split "test" marks an evaluation set.
     """
 
     name: str
     path: str | None
-    fmt: str
     question_key: str = "question"
-    gold: Callable[[dict], str | None] | None = None
-    required_keys: tuple[str, ...] = ()
+    answer_key: str = "answer"
+    answer_form: str = "value"
     split: str = "test"
-    solution_key: str | None = None
-    level_key: str | None = None
+    expected_records: int | None = None  # count of records in the file, per PROVENANCE.md
+    solution_key: str | None = None  # the field with a worked solution
+    level_key: str | None = None  # the field with a numeric difficulty level
+    min_level: float | None = None  # keep only records whose level is at least this
+    context_key: str | None = None  # a field whose text, when non-empty, goes before the question
     meta_keys: tuple[str, ...] = ()
-    record_filter: Callable[[dict], bool] | None = None
     hub_id: str | None = None  # where an online copy lives (not used offline; not verified here)
     hub_config: str | None = None
     hub_split: str | None = None
-    expected_records: int | None = None  # count of records in the file, per PROVENANCE.md
-    generator: dict[str, Any] | None = None  # for fmt="generated"
+    generator: dict[str, Any] | None = None  # arithmetic_problems' arguments, for a generated set
     notes: str = ""
 
+    def __post_init__(self) -> None:
+        if self.answer_form not in ANSWER_FORMS:
+            raise ValueError(f"{self.name}: unknown answer_form {self.answer_form!r} ({list(ANSWER_FORMS)})")
 
-def _spec(name, path, fmt, qkey, gold, required, **kw) -> DatasetSpec:
+    @property
+    def fmt(self) -> str:
+        """The file format: "jsonl", "json" (an array) or "generated"."""
+        if self.path is None:
+            return "generated"
+        return "jsonl" if self.path.endswith(".jsonl") else "json"
+
+    @property
+    def is_eval(self) -> bool:
+        return self.split == "test"
+
+    @property
+    def required_keys(self) -> tuple[str, ...]:
+        return () if self.path is None else (self.question_key, self.answer_key)
+
+    def stored_answer(self, rec: dict) -> Any:
+        """The gold answer as the record stores it, before normalisation (None when there is none): the
+        answer field's value, the text after its last "####", its last ``\\boxed{}`` or the choice letter,
+        as ``answer_form`` says."""
+        value = rec.get(self.answer_key)
+        if self.answer_form == "choice":
+            choice = rec.get("choice_answer")
+            return choice.strip() if isinstance(choice, str) and choice.strip() else value
+        if self.answer_form == "value":
+            return value
+        if not isinstance(value, str):
+            return None
+        if self.answer_form == "####":
+            return value.split("####")[-1].strip() if "####" in value else None
+        return extract_boxed(value)
+
+    def gold(self, rec: dict) -> str | None:
+        """The record's normalised gold answer (:func:`normalize_gold`), or None: skip the record."""
+        stored = self.stored_answer(rec)
+        if self.answer_form == "####" and stored is not None:
+            stored = stored.replace(",", "")
+        return normalize_gold(stored)
+
+
+def _table(text: str) -> list[dict[str, str | None]]:
+    """The rows of a whitespace-aligned table as dicts keyed by its header; "-" is None."""
+    head, *rows = (line.split() for line in text.strip().splitlines())
+    return [{k: (None if v == "-" else v) for k, v in zip(head, row, strict=True)} for row in rows]
+
+
+# The benchmark files: the fields holding the question, the gold answer (in the form ANSWER_FORMS names),
+# a worked solution and a difficulty level; split "test" = an evaluation set; n: records in the file
+# (PROVENANCE.md).
+_FILE_SETS = """
+name              file                       question  answer        form    split  n     solution  level
+gsm8k             gsm8k/test.jsonl           question  answer        ####    test   1319  answer    -
+gsm8k_train       gsm8k_train/train.jsonl    question  answer        ####    train  7473  answer    -
+math500           math500/test.jsonl         problem   answer        value   test   500   solution  level
+math_train        math_train/math.json       problem   answer        value   train  7474  -         difficulty
+math_train_l3to5  math_train/math.json       problem   answer        value   train  7474  -         difficulty
+aime_train        aime_train/aime.json       problem   answer        value   train  975   solution  difficulty
+minerva_math      minerva_math/test.jsonl    problem   solution      boxed   test   272   solution  -
+olympiadbench     olympiadbench/test.jsonl   question  final_answer  value   test   675   -         -
+aime24            aime24/test.jsonl          question  answer        value   test   30    solution  -
+aime25            aime25/test.jsonl          question  answer        value   test   30    -         -
+amc23             amc23/test.jsonl           question  answer        value   test   40    -         -
+amc24             amc24/test.jsonl           problem   answer        value   test   45    -         -
+gaokao2023en      gaokao2023en/test.jsonl    question  answer        value   test   385   -         -
+gaokao2024_I      gaokao2024_I/test.jsonl    question  answer        value   test   14    -         -
+gaokao2024_II     gaokao2024_II/test.jsonl   question  answer        value   test   14    -         -
+gaokao2024_mix    gaokao2024_mix/test.jsonl  question  answer        choice  test   91    -         -
+"""
+# Record fields copied into Problem.meta.
+_META_KEYS = {
+    "gsm8k": ("idx",),
+    "math500": ("subject", "unique_id"),
+    "math_train": ("type",),
+    "math_train_l3to5": ("type",),
+    "aime_train": ("year", "aime_number", "problem_number"),
+    "minerva_math": ("type", "idx"),
+    "olympiadbench": ("id", "subfield", "is_multiple_answer", "unit", "answer_type"),
+    "aime24": ("id", "url"),
+    "amc23": ("id", "url"),
+    "amc24": ("exam", "problem_number"),
+    "gaokao2023en": ("id", "source"),
+    "gaokao2024_I": ("type",),
+    "gaokao2024_II": ("type",),
+    "gaokao2024_mix": ("idx", "answer", "choice_answer"),
+}
+# Where an online copy lives: (hub id, config, split).
+_HUB = {
+    "gsm8k": ("openai/gsm8k", "main", "test"),
+    "gsm8k_train": ("openai/gsm8k", "main", "train"),
+    "math500": ("HuggingFaceH4/MATH-500", None, "test"),
+    "minerva_math": ("math-ai/minervamath", None, "test"),
+    "aime24": ("HuggingFaceH4/aime_2024", None, "train"),
+    "aime25": ("math-ai/aime25", None, "test"),
+    "amc23": ("math-ai/amc23", None, "test"),
+}
+_MORE: dict[str, dict[str, Any]] = {
+    "math_train_l3to5": {"min_level": 3},
+    "olympiadbench": {"context_key": "context"},
+}
+_NOTES = {
+    "math_train": "2 records have answer=null: skipped and counted",
+    "math_train_l3to5": "MATH train levels 3-5 (the SimpleRL-Zoo training distribution)",
+    "minerva_math": "gold = last \\boxed{} of the solution",
+    "olympiadbench": "final_answer list joined with ', '",
+    "aime25": "record #20 stores 336^\\circ; normalised to 336",
+    "amc23": "answers stored as floats (27.0 -> '27')",
+    "gaokao2024_I": "Chinese",
+    "gaokao2024_II": "Chinese",
+    "gaokao2024_mix": "Chinese; gold = choice_answer when non-empty, else answer",
+    "arithmetic": "procedural arithmetic word problems, train split",
+    "arithmetic_test": "procedural arithmetic word problems, held-out split (disjoint from 'arithmetic')",
+}
+
+# The generated arithmetic sets (verl_bench.arithmetic); level 0 has only 18 x 18 distinct sums: 250 of
+# them hash into the train split and 70 into test.
+_GENERATED_SETS = """
+name                level  split  n     seed
+arithmetic          mixed  train  2000  0
+arithmetic_test     mixed  test   500   1000003
+arithmetic_l0       0      train  250   0
+arithmetic_test_l0  0      test   64    1000003
+arithmetic_l1       1      train  2000  0
+arithmetic_test_l1  1      test   500   1000003
+arithmetic_l2       2      train  2000  0
+arithmetic_test_l2  2      test   500   1000003
+arithmetic_l3       3      train  2000  0
+arithmetic_test_l3  3      test   500   1000003
+"""
+
+
+def _file_spec(row: dict[str, Any]) -> DatasetSpec:
+    name = row["name"]
+    hub_id, hub_config, hub_split = _HUB.get(name, (None, None, None))
     return DatasetSpec(
-        name=name, path=path, fmt=fmt, question_key=qkey, gold=gold, required_keys=required, **kw
-    )
+        name, row["file"], row["question"], row["answer"], row["form"], row["split"], int(row["n"]),
+        solution_key=row["solution"], level_key=row["level"], meta_keys=_META_KEYS.get(name, ()),
+        hub_id=hub_id, hub_config=hub_config, hub_split=hub_split, notes=_NOTES.get(name, ""),
+        **_MORE.get(name, {}),
+    )  # fmt: skip
 
 
-def _level_ge(min_level: float) -> Callable[[dict], bool]:
-    def keep(rec: dict) -> bool:
-        d = rec.get("difficulty")
-        return isinstance(d, (int, float)) and d >= min_level
-
-    return keep
-
-
-_ARITH_TRAIN_N = 2000
-_ARITH_TEST_N = 500
-
-DATASETS: dict[str, DatasetSpec] = {}
+def _generated_spec(row: dict[str, Any]) -> DatasetSpec:
+    level = row["level"] if row["level"] == "mixed" else int(row["level"])
+    gen = {"seed": int(row["seed"]), "level": level, "n": int(row["n"]), "split": row["split"]}
+    name = row["name"]
+    return DatasetSpec(name, None, split=row["split"], generator=gen, notes=_NOTES.get(name, ""))
 
 
-def _register(spec: DatasetSpec) -> None:
-    DATASETS[spec.name] = spec
-
-
-for _s in [
-    _spec(
-        "gsm8k",
-        "gsm8k/test.jsonl",
-        "jsonl",
-        "question",
-        _gsm8k_gold,
-        ("question", "answer"),
-        solution_key="answer",
-        meta_keys=("idx",),
-        hub_id="openai/gsm8k",
-        hub_config="main",
-        hub_split="test",
-        expected_records=1319,
-    ),
-    _spec(
-        "gsm8k_train",
-        "gsm8k_train/train.jsonl",
-        "jsonl",
-        "question",
-        _gsm8k_gold,
-        ("question", "answer"),
-        split="train",
-        solution_key="answer",
-        hub_id="openai/gsm8k",
-        hub_config="main",
-        hub_split="train",
-        expected_records=7473,
-    ),
-    _spec(
-        "math500",
-        "math500/test.jsonl",
-        "jsonl",
-        "problem",
-        _field_gold("answer"),
-        ("problem", "answer"),
-        solution_key="solution",
-        level_key="level",
-        meta_keys=("subject", "unique_id"),
-        hub_id="HuggingFaceH4/MATH-500",
-        hub_split="test",
-        expected_records=500,
-    ),
-    _spec(
-        "math_train",
-        "math_train/math.json",
-        "json",
-        "problem",
-        _field_gold("answer"),
-        ("problem", "answer"),
-        split="train",
-        level_key="difficulty",
-        meta_keys=("type",),
-        expected_records=7474,
-        notes="2 records have answer=null: skipped and counted",
-    ),
-    _spec(
-        "math_train_l3to5",
-        "math_train/math.json",
-        "json",
-        "problem",
-        _field_gold("answer"),
-        ("problem", "answer"),
-        split="train",
-        level_key="difficulty",
-        meta_keys=("type",),
-        record_filter=_level_ge(3),
-        expected_records=7474,
-        notes="MATH train levels 3-5 (the SimpleRL-Zoo training distribution)",
-    ),
-    _spec(
-        "aime_train",
-        "aime_train/aime.json",
-        "json",
-        "problem",
-        _field_gold("answer"),
-        ("problem", "answer"),
-        split="train",
-        solution_key="solution",
-        level_key="difficulty",
-        meta_keys=("year", "aime_number", "problem_number"),
-        expected_records=975,
-    ),
-    _spec(
-        "minerva_math",
-        "minerva_math/test.jsonl",
-        "jsonl",
-        "problem",
-        _boxed_solution_gold("solution"),
-        ("problem", "solution"),
-        solution_key="solution",
-        meta_keys=("type", "idx"),
-        hub_id="math-ai/minervamath",
-        hub_split="test",
-        expected_records=272,
-        notes="gold = last \\boxed{} of the solution",
-    ),
-    _spec(
-        "olympiadbench",
-        "olympiadbench/test.jsonl",
-        "jsonl",
-        "question",
-        _field_gold("final_answer"),
-        ("question", "final_answer"),
-        meta_keys=("id", "subfield", "is_multiple_answer", "unit", "answer_type"),
-        expected_records=675,
-        notes="final_answer list joined with ', '",
-    ),
-    _spec(
-        "aime24",
-        "aime24/test.jsonl",
-        "jsonl",
-        "question",
-        _field_gold("answer"),
-        ("question", "answer"),
-        solution_key="solution",
-        meta_keys=("id", "url"),
-        hub_id="HuggingFaceH4/aime_2024",
-        hub_split="train",
-        expected_records=30,
-    ),
-    _spec(
-        "aime25",
-        "aime25/test.jsonl",
-        "jsonl",
-        "question",
-        _field_gold("answer"),
-        ("question", "answer"),
-        hub_id="math-ai/aime25",
-        hub_split="test",
-        expected_records=30,
-        notes="record #20 stores 336^\\circ; normalised to 336",
-    ),
-    _spec(
-        "amc23",
-        "amc23/test.jsonl",
-        "jsonl",
-        "question",
-        _field_gold("answer"),
-        ("question", "answer"),
-        meta_keys=("id", "url"),
-        hub_id="math-ai/amc23",
-        hub_split="test",
-        expected_records=40,
-        notes="answers stored as floats (27.0 -> '27')",
-    ),
-    _spec(
-        "amc24",
-        "amc24/test.jsonl",
-        "jsonl",
-        "problem",
-        _field_gold("answer"),
-        ("problem", "answer"),
-        meta_keys=("exam", "problem_number"),
-        expected_records=45,
-    ),
-    _spec(
-        "gaokao2023en",
-        "gaokao2023en/test.jsonl",
-        "jsonl",
-        "question",
-        _field_gold("answer"),
-        ("question", "answer"),
-        meta_keys=("id", "source"),
-        expected_records=385,
-    ),
-    _spec(
-        "gaokao2024_I",
-        "gaokao2024_I/test.jsonl",
-        "jsonl",
-        "question",
-        _field_gold("answer"),
-        ("question", "answer"),
-        meta_keys=("type",),
-        expected_records=14,
-        notes="Chinese",
-    ),
-    _spec(
-        "gaokao2024_II",
-        "gaokao2024_II/test.jsonl",
-        "jsonl",
-        "question",
-        _field_gold("answer"),
-        ("question", "answer"),
-        meta_keys=("type",),
-        expected_records=14,
-        notes="Chinese",
-    ),
-    _spec(
-        "gaokao2024_mix",
-        "gaokao2024_mix/test.jsonl",
-        "jsonl",
-        "question",
-        _choice_or_answer_gold,
-        ("question", "answer"),
-        meta_keys=("idx", "answer", "choice_answer"),
-        expected_records=91,
-        notes="Chinese; gold = choice_answer when non-empty, else answer",
-    ),
-    DatasetSpec(
-        "arithmetic",
-        None,
-        "generated",
-        split="train",
-        generator={"seed": 0, "level": "mixed", "n": _ARITH_TRAIN_N, "split": "train"},
-        notes="procedural arithmetic word problems, train split",
-    ),
-    DatasetSpec(
-        "arithmetic_test",
-        None,
-        "generated",
-        split="test",
-        generator={"seed": 1_000_003, "level": "mixed", "n": _ARITH_TEST_N, "split": "test"},
-        notes="procedural arithmetic word problems, held-out split (disjoint from 'arithmetic')",
-    ),
-]:
-    _register(_s)
-
-# level 0 has only 18 x 18 distinct sums: 250 of them hash into the train split and 70 into test
-_LEVEL_SIZES = {0: (250, 64), 1: (_ARITH_TRAIN_N, _ARITH_TEST_N), 2: (_ARITH_TRAIN_N, _ARITH_TEST_N),
-                3: (_ARITH_TRAIN_N, _ARITH_TEST_N)}
-for _lvl, (_n_train, _n_test) in _LEVEL_SIZES.items():
-    _register(
-        DatasetSpec(
-            f"arithmetic_l{_lvl}",
-            None,
-            "generated",
-            split="train",
-            generator={"seed": 0, "level": _lvl, "n": _n_train, "split": "train"},
-        )
-    )
-    _register(
-        DatasetSpec(
-            f"arithmetic_test_l{_lvl}",
-            None,
-            "generated",
-            split="test",
-            generator={"seed": 1_000_003, "level": _lvl, "n": _n_test, "split": "test"},
-        )
-    )
+DATASETS: dict[str, DatasetSpec] = {
+    s.name: s for s in [*map(_file_spec, _table(_FILE_SETS)), *map(_generated_spec, _table(_GENERATED_SETS))]
+}
+# The evaluation sets: the benchmark files (the paper's table), and the held-out arithmetic sets.
+BENCHMARKS: tuple[str, ...] = tuple(n for n, s in DATASETS.items() if s.is_eval and s.path is not None)
+HELD_OUT: tuple[str, ...] = tuple(n for n, s in DATASETS.items() if s.is_eval and s.path is None)
 
 
 def dataset_names() -> list[str]:
@@ -547,7 +418,7 @@ def _iter_records(path: Path):
 
 
 def _load_file(spec: DatasetSpec, root: Path) -> tuple[list[Problem], LoadStats]:
-    assert spec.path is not None and spec.gold is not None
+    assert spec.path is not None
     path = root / spec.path
     where = "line" if path.suffix == ".jsonl" else "record"
     stats = LoadStats(name=spec.name, path=str(path))
@@ -558,7 +429,9 @@ def _load_file(spec: DatasetSpec, root: Path) -> tuple[list[Problem], LoadStats]
             if key not in rec:
                 loc = f"{path}:{n}" if where == "line" else f"{path}: record {n}"
                 raise DataError(f"{loc}: missing key {key!r} (dataset {spec.name!r})")
-        if spec.record_filter is not None and not spec.record_filter(rec):
+        if spec.min_level is not None and not (
+            isinstance(rec.get(spec.level_key), (int, float)) and rec[spec.level_key] >= spec.min_level
+        ):
             continue
         question = rec[spec.question_key]
         if not isinstance(question, str) or not question.strip():
@@ -566,8 +439,9 @@ def _load_file(spec: DatasetSpec, root: Path) -> tuple[list[Problem], LoadStats]
             raise DataError(
                 f"{loc}: key {spec.question_key!r} is not a non-empty string (dataset {spec.name!r})"
             )
-        if spec.name == "olympiadbench" and isinstance(rec.get("context"), str) and rec["context"].strip():
-            question = rec["context"].strip() + "\n" + question
+        context = rec.get(spec.context_key) if spec.context_key else None
+        if isinstance(context, str) and context.strip():
+            question = context.strip() + "\n" + question
         gold = spec.gold(rec)
         if not gold:
             stats.skipped.append((n, "gold answer is null or could not be extracted"))
