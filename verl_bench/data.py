@@ -1,4 +1,4 @@
-"""Dataset registry, prompt templates and the offline arithmetic generator.
+"""Dataset registry (one table row per set), loading, gold normalisation and prompt templates.
 
 Benchmark files are read in place from a data root (``data_root`` argument, else the
 ``VERL_BENCH_DATA`` environment variable); see ``shared/data/math/PROVENANCE.md`` for the files,
@@ -10,7 +10,8 @@ Public API::
     load_problems(name, data_root=None, limit=None, split_seed=None) -> list[Problem]
     load_problems_with_stats(...) -> tuple[list[Problem], LoadStats]
     render_prompt(template, question, tokenizer=None) -> str
-    arithmetic_problems(n, seed, level, split=None) -> list[Problem]
+    arithmetic_problems(n, seed, level, split=None) -> list[Problem]   # from verl_bench.arithmetic
+    DATASETS: name -> DatasetSpec; BENCHMARKS, HELD_OUT: the evaluation sets (files; generated)
 """
 
 from __future__ import annotations
@@ -21,13 +22,13 @@ import math
 import os
 import random
 import re
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from verl_bench.reward import extract_boxed
+from verl_bench import arithmetic
 from verl_bench.errors import UserError
+from verl_bench.reward import extract_boxed
 
 log = logging.getLogger(__name__)
 
@@ -576,142 +577,8 @@ def render_prompt(template: str, question: str, tokenizer: Any = None) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Procedural arithmetic word problems
+# Procedural arithmetic word problems (the generator: verl_bench.arithmetic)
 # --------------------------------------------------------------------------------------------------
-
-_NAMES = [
-    "Ava",
-    "Ben",
-    "Chloe",
-    "Dan",
-    "Emma",
-    "Finn",
-    "Grace",
-    "Hugo",
-    "Ivy",
-    "Jack",
-    "Kira",
-    "Leo",
-    "Mia",
-    "Noah",
-    "Olga",
-    "Pablo",
-    "Quinn",
-    "Rosa",
-    "Sam",
-    "Tara",
-    "Umar",
-    "Vera",
-    "Will",
-    "Yara",
-    "Zoe",
-]
-_ITEMS = [
-    "apples",
-    "marbles",
-    "stickers",
-    "pencils",
-    "cookies",
-    "stamps",
-    "shells",
-    "books",
-    "coins",
-    "cards",
-    "eggs",
-    "buttons",
-    "beads",
-    "candles",
-    "balloons",
-    "oranges",
-]
-_CONTAINERS = ["boxes", "bags", "packs", "jars", "crates", "baskets"]
-_TEST_BUCKETS = 5  # 1 in 5 candidate problems belongs to the held-out split
-
-
-def _split_of(question: str) -> str:
-    """Train/test membership is a function of the problem text, so the splits are disjoint."""
-    return "test" if zlib.crc32(question.encode("utf-8")) % _TEST_BUCKETS == 0 else "train"
-
-
-def _gen_level0(r: random.Random) -> tuple[str, str, int]:
-    # bare sums of small numbers: the level SmolLM2-135M gets right about 30% of the time at T=0.7, so a
-    # GRPO group of 8 usually holds both right and wrong answers (the signal the embedded demo learns from)
-    a, b = r.randint(2, 19), r.randint(2, 19)
-    return f"What is {a} + {b}?", f"{a} + {b}", a + b
-
-
-def _gen_level1(r: random.Random) -> tuple[str, str, int]:
-    name, item = r.choice(_NAMES), r.choice(_ITEMS)
-    a, b = r.randint(1, 60), r.randint(1, 60)
-    t = r.randrange(3)
-    if t == 0:
-        q = f"{name} has {a} {item}. {name} gets {b} more {item}. How many {item} does {name} have now?"
-    elif t == 1:
-        other = r.choice([n for n in _NAMES if n != name])
-        q = f"{name} has {a} {item} and {other} has {b} {item}. How many {item} do they have together?"
-    else:
-        q = f"There are {a} {item} on a table and {b} {item} in a drawer. How many {item} are there in total?"
-    return q, f"{a} + {b}", a + b
-
-
-def _gen_level2(r: random.Random) -> tuple[str, str, int]:
-    name, item = r.choice(_NAMES), r.choice(_ITEMS)
-    t = r.randrange(3)
-    if t == 0:
-        a, b = r.randint(10, 90), r.randint(1, 50)
-        c = r.randint(1, a + b)
-        q = (
-            f"{name} has {a} {item}. {name} buys {b} more and then gives {c} away. "
-            f"How many {item} does {name} have left?"
-        )
-        return q, f"{a} + {b} - {c}", a + b - c
-    if t == 1:
-        a = r.randint(20, 99)
-        b = r.randint(1, a)
-        c = r.randint(1, 50)
-        q = (
-            f"A shelf holds {a} {item}. {b} {item} are taken off the shelf, and later {c} new {item} "
-            f"are put on it. How many {item} are on the shelf now?"
-        )
-        return q, f"{a} - {b} + {c}", a - b + c
-    a, b, c = r.randint(1, 60), r.randint(1, 60), r.randint(1, 60)
-    q = (
-        f"{name} collected {a} {item} on Monday, {b} on Tuesday and {c} on Wednesday. "
-        f"How many {item} did {name} collect in these three days?"
-    )
-    return q, f"{a} + {b} + {c}", a + b + c
-
-
-def _gen_level3(r: random.Random) -> tuple[str, str, int]:
-    name, item = r.choice(_NAMES), r.choice(_ITEMS)
-    t = r.randrange(3)
-    if t == 0:
-        box = r.choice(_CONTAINERS)
-        a, b = r.randint(2, 12), r.randint(2, 15)
-        d = r.randint(2, min(6, a * b))  # so that a * b // d >= 1
-        c = r.randint(1, (a * b) // d)
-        q = (
-            f"{name} buys {a} {box} of {item} with {b} {item} in each. {name} then gives {c} {item} "
-            f"to each of {d} friends. How many {item} does {name} keep?"
-        )
-        return q, f"{a} * {b} - {c} * {d}", a * b - c * d
-    if t == 1:
-        p, a, b = r.randint(2, 9), r.randint(2, 12), r.randint(2, 12)
-        bill = p * (a + b) + r.randint(0, 40)
-        q = (
-            f"A shop sells {item} for {p} dollars each. {name} buys {a} {item} on Monday and {b} on "
-            f"Tuesday, and pays with {bill} dollars in total. How many dollars of change does {name} get?"
-        )
-        return q, f"{bill} - {p} * ({a} + {b})", bill - p * (a + b)
-    rows, cols, extra = r.randint(2, 12), r.randint(2, 12), r.randint(1, 30)
-    q = (
-        f"{name} arranges {item} in {rows} rows with {cols} {item} in each row, and has {extra} "
-        f"{item} left over. How many {item} does {name} have?"
-    )
-    return q, f"{rows} * {cols} + {extra}", rows * cols + extra
-
-
-_GENERATORS = {0: _gen_level0, 1: _gen_level1, 2: _gen_level2, 3: _gen_level3}
 
 
 def arithmetic_problems(
@@ -721,46 +588,22 @@ def arithmetic_problems(
     split: str | None = None,
     source: str = "arithmetic",
 ) -> list[Problem]:
-    """``n`` deterministic arithmetic word problems with verifiable non-negative integer answers.
+    """``n`` deterministic arithmetic word problems (:func:`verl_bench.arithmetic.generate`) as problems.
 
-    level 0: a bare sum "What is a + b?" of numbers 2-19; level 1: one addition of small numbers; 2: two additive operations; 3: multi-step with
-    multiplication; "mixed" cycles 1, 2, 3. Candidate ``i`` depends only on (seed, level, i), so ids
-    (``arith-L{level}-s{seed}-{i}``) and texts are stable and a larger ``n`` extends a smaller one.
-    ``split`` "train"/"test" keeps only candidates whose text hashes into that split (1 in 5 go to
-    test), which makes the two splits disjoint whatever the seeds; duplicates within a call are dropped.
-    ``meta["expression"]`` holds the arithmetic the answer comes from.
+    Ids ``arith-L{level}-s{seed}-{candidate}`` ("Lm" for "mixed") are stable, and a larger ``n`` extends a
+    smaller one; ``split`` "train"/"test" gives disjoint sets whatever the seeds. ``meta["expression"]``
+    holds the arithmetic the answer comes from; the solution states it and boxes the answer.
     """
-    if n < 0:
-        raise ValueError("n must be >= 0")
-    if level not in (0, 1, 2, 3, "mixed"):
-        raise ValueError(f"level must be 0, 1, 2, 3 or 'mixed', got {level!r}")
-    if split not in (None, "train", "test"):
-        raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
-    out: list[Problem] = []
-    seen: set[str] = set()
-    i = 0
-    max_candidates = 200 * n + 1000
-    while len(out) < n:
-        if i >= max_candidates:
-            raise RuntimeError(f"could not generate {n} distinct problems (level={level!r}, split={split!r})")
-        lvl = (i % 3) + 1 if level == "mixed" else int(level)
-        r = random.Random(f"verl-bench-arith/{seed}/{level}/{i}")
-        question, expr, answer = _GENERATORS[lvl](r)
-        idx = i
-        i += 1
-        if question in seen or (split is not None and _split_of(question) != split):
-            continue
-        seen.add(question)
-        assert answer >= 0
-        out.append(
-            Problem(
-                id=f"arith-L{level if level != 'mixed' else 'm'}-s{seed}-{idx}",
-                question=question,
-                gold=str(answer),
-                source=source,
-                solution=f"{expr} = {answer}. The answer is \\boxed{{{answer}}}.",
-                level=lvl,
-                meta={"expression": expr, "seed": seed, "index": idx, "split": split},
-            )
+    tag = "m" if level == "mixed" else level
+    return [
+        Problem(
+            id=f"arith-L{tag}-s{seed}-{it.index}",
+            question=it.question,
+            gold=str(it.answer),
+            source=source,
+            solution=f"{it.expression} = {it.answer}. The answer is \\boxed{{{it.answer}}}.",
+            level=it.level,
+            meta={"expression": it.expression, "seed": seed, "index": it.index, "split": split},
         )
-    return out
+        for it in arithmetic.generate(n, seed, level, split)
+    ]
