@@ -6,6 +6,7 @@
     verl-bench sweep SPACE.yaml [--resume] [--address ADDR] [--storage PATH] [--name NAME]
     verl-bench eval MODEL_OR_CHECKPOINT... | --experiment PATH [--which all|last|best] [--benchmarks ...]
                     [--preset paper|greedy|quick|pass16]
+    verl-bench report EXPERIMENT_OR_STUDY... -o DIR   # static HTML report: figures PNG/SVG, tables CSV/parquet
 """
 
 from __future__ import annotations
@@ -113,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     from verl_bench.evaluate.cli import add_eval_parser
 
     add_eval_parser(sub)
+
+    from verl_bench.report import add_report_parser
+
+    add_report_parser(sub)
 
     args = ap.parse_args(argv)
     try:

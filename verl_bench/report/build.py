@@ -1,0 +1,320 @@
+"""Orchestration: sources -> statistics (``verl_bench.analysis``) -> tables, figures -> one static page.
+
+``render_report`` takes the frames directly (tests, notebooks); ``build_report`` reads study and sweep folders.
+Each section is a small function returning the dict its template block reads.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+from pathlib import Path
+
+import pandas as pd
+
+from verl_bench.report import figures as F
+from verl_bench.report import tables as T
+from verl_bench.report.page import render_page
+from verl_bench.report.sources import (
+    BASE_ARM,
+    REFERENCE_ARM,
+    ReportError,
+    Sweep,
+    git_commit,
+    load_sources,
+    provenance,
+    study_record,
+    sweep_objectives,
+    versions,
+)
+
+# training-dynamics panels: (title, metric names in the order tried); the first one logged is drawn
+DYNAMICS_PANELS = [
+    ("reward", ["reward/mean"]),
+    ("validation accuracy", ["val/accuracy"]),
+    ("response length (tokens)", ["response_length", "response/length"]),
+    ("truncated responses (fraction)", ["response/truncated", "truncated_frac", "response/truncated_frac",
+                                        "truncation"]),
+    ("entropy", ["entropy"]),
+    ("KL to the reference", ["kl"]),
+    ("clip fraction", ["clip_frac"]),
+    ("grad norm", ["grad_norm"]),
+    ("groups with all-equal rewards (VERL's bonus cannot act)", ["groups/all_equal", "groups/all_equal_frac",
+                                                                  "verl/frac_all_equal", "all_equal_frac"]),
+    ("ER (effective rank)", ["rank/er"]),
+    ("ERV (rank velocity)", ["rank/erv"]),
+    ("ERA (rank acceleration)", ["rank/era"]),
+    ("β (mean)", ["verl/beta_mean"]),
+    ("Φ (mean)", ["verl/phi_mean"]),
+]
+APPENDIX_PER_PAIR = 8  # problems shown per model x comparison (all in the CSV, up to APPENDIX_CSV)
+APPENDIX_CSV = 500
+RESPONSE_CHARS = 1200  # per response on the page
+TRIALS_SHOWN = 30
+
+
+def build_report(sources: list[Path], out_dir: Path, *, title: str | None = None, metrics: list[str] | None = None,
+                 modes: list[str] | None = None, progress=print) -> Path:
+    """Report on study folders and/or Tune sweep folders; returns ``out_dir/index.html``."""
+    if not sources:
+        raise ReportError("report: give at least one study or sweep folder")
+    src = load_sources([Path(p) for p in sources], metrics, modes, progress)
+    return render_report(src.samples, src.dynamics, Path(out_dir), src.meta, sweeps=src.sweeps, title=title,
+                         progress=progress)
+
+
+def render_report(samples: pd.DataFrame | None, dynamics: pd.DataFrame | None, out_dir: Path, meta: dict,
+                  trials: pd.DataFrame | None = None, *, sweeps: list[Sweep] | None = None,
+                  title: str | None = None, progress=print) -> Path:
+    """Write ``out_dir/index.html`` with ``figures/`` and ``tables/`` beside it from the tidy frames (the
+    CONTRACT's columns), the study's ``meta`` and, for sweeps, Tune trial tables (``trials``: one sweep's
+    ``hpo.trial_table``; ``sweeps``: several, with their objectives)."""
+    out_dir = Path(out_dir)
+    for sub in ("figures", "tables"):  # a rebuilt report holds no stale files of an earlier one
+        shutil.rmtree(out_dir / sub, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sweeps = list(sweeps or [])
+    if trials is not None:
+        m, md = sweep_objectives(trials, None, None)
+        sweeps.append(Sweep(Path(meta.get("source", "sweep")), trials, m, md))
+    if samples is None and not sweeps:
+        raise ReportError("report: nothing to report (no study samples and no sweep trials)")
+
+    ctx = {"title": title or f"verl-bench report: {meta.get('name', out_dir.name)}", "tables": [], "notes": []}
+    study = None
+    if samples is not None and len(samples):
+        study = _study_sections(samples, dynamics, out_dir, meta, ctx, progress)
+    ctx["study"] = study
+    ctx["sweeps"] = [_sweep_section(sw, out_dir, ctx, progress, i) for i, sw in enumerate(sweeps)]
+    ctx["header"] = _header(meta, samples, study)
+    progress("report: writing the page")
+    path = out_dir / "index.html"
+    path.write_text(render_page(ctx), encoding="utf-8")
+    progress(f"report: {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    return path
+
+
+# ------------------------------------------------------------------------------------------ study
+def _plan(samples: pd.DataFrame, meta: dict) -> dict:
+    """Models, arms (base first), benchmarks (+ average), the reference arm and the arms compared with it."""
+    present = list(dict.fromkeys(samples["arm"]))
+    declared = [a for a in meta.get("arms", []) if a in present]
+    arms = ([BASE_ARM] if BASE_ARM in present else []) + declared + [a for a in present
+                                                                     if a not in declared and a != BASE_ARM]
+    trained = [a for a in arms if a != BASE_ARM]
+    compare = (meta.get("primary") or {}).get("compare")
+    if compare and all(a in arms for a in compare):
+        primary_a, reference = compare
+    else:
+        reference = REFERENCE_ARM if REFERENCE_ARM in trained else (trained[0] if trained else arms[0])
+        others = [a for a in trained if a != reference]
+        primary_a = others[0] if others else None
+    compared = ([primary_a] if primary_a else []) + [a for a in trained if a not in (reference, primary_a)]
+    benches = list(dict.fromkeys(samples["benchmark"]))
+    declared_b = [b for b in meta.get("benchmarks", []) if b in benches]
+    benches = declared_b + [b for b in benches if b not in declared_b]
+    models = [m for m in meta.get("models", {}) if m in set(samples["model"])]
+    models += [m for m in dict.fromkeys(samples["model"]) if m not in models]
+    return {"models": models, "arms": arms, "trained": trained, "reference": reference, "compared": compared,
+            "benchmarks": benches}
+
+
+def _study_sections(samples, dynamics, out_dir, meta, ctx, progress) -> dict:
+    from verl_bench.analysis import stats
+
+    plan = _plan(samples, meta)
+    primary = dict(meta.get("primary") or {})
+    primary.setdefault("benchmark", "average")
+    primary.setdefault("metric", "accuracy")
+    primary_bench = primary["benchmark"] or "average"
+    columns = plan["benchmarks"] + (["average"] if len(plan["benchmarks"]) > 1 else [])
+
+    progress(f"report: accuracy of {len(plan['models'])} model(s) x {len(plan['arms'])} arm(s) on "
+             f"{len(plan['benchmarks'])} benchmark(s)")
+    acc = T.accuracy_long(stats.accuracy_table(samples))
+    ctx["tables"].append(T.write_table(acc, out_dir, "accuracy", "accuracy per model x arm x benchmark"))
+
+    comps = []
+    for arm in plan["compared"]:
+        progress(f"report: comparing {arm} with {plan['reference']}")
+        comps += stats.comparisons(samples, arm, plan["reference"], benchmarks=plan["benchmarks"],
+                                   average=len(plan["benchmarks"]) > 1)
+    comp = T.comparison_frame(comps)
+    if not comp.empty:
+        ctx["tables"].append(T.write_table(comp, out_dir, "comparisons",
+                                           "every comparison (Δ, interval, p, Holm-adjusted p, MDE, verdict)"))
+    if primary_bench not in columns:
+        primary_bench = columns[-1]
+    verdicts = T.verdict_rows(comp, primary_bench) if not comp.empty else []
+    unmeasured = not comp.empty and not comp["seed_variance_measured"].all()
+    if unmeasured:
+        ctx["notes"].append("Seed variance was not measured: at least one arm has a single training seed, so the "
+                            "intervals cover problems and samples only, not the spread between training runs. "
+                            "Run at least 3 seeds per arm before reading a difference as a property of the method.")
+
+    section = {"plan": plan, "primary": {**primary, "benchmark": primary_bench}, "verdicts": verdicts,
+               "seed_variance_measured": not unmeasured,
+               "paper": T.paper_table(acc, comp, plan["models"], plan["arms"], columns),
+               "figures": {}, "dynamics": [], "dynamics_missing": [], "appendix": []}
+    if not comp.empty:
+        progress("report: forest plot")
+        section["figures"]["forest"] = F.save_figure(
+            F.forest_figure(comp, columns), out_dir, "forest",
+            "Δ per benchmark", "Δ accuracy (points) with its interval per benchmark and model; filled: significant "
+                               f"after Holm's correction at {T.ALPHA}.")
+    section["passk"] = _passk(samples, plan, out_dir, ctx, progress, stats)
+    if dynamics is not None and len(dynamics):
+        _dynamics(dynamics, plan, out_dir, ctx, section, progress)
+    section["appendix"] = _appendix(samples, plan, out_dir, ctx, progress)
+    return section
+
+
+def _passk(samples, plan, out_dir, ctx, progress, stats) -> dict:
+    n = int(samples.groupby(["model", "arm", "seed", "benchmark", "problem"])["sample"].nunique().min())
+    if n < 2:
+        return {"n": n, "figures": []}
+    ks = [k for k in (2 ** i for i in range(12)) if k <= n]
+    progress(f"report: pass@k for k in {ks}")
+    curves = stats.pass_at_k_curve(samples, ks)
+    ctx["tables"].append(T.write_table(curves, out_dir, "pass_at_k", "pass@k per model x arm x benchmark"))
+    figs = [F.save_figure(F.pass_at_k_figure(curves, plan["arms"], m), out_dir, f"pass_at_k_{_slug(m)}",
+                          f"pass@k: {m}", f"pass@k (unbiased estimator from {n} samples per problem) with its "
+                                          "interval, the untrained base model included.")
+            for m in plan["models"] if m in set(curves["model"])]
+    return {"n": n, "figures": figs}
+
+
+def _dynamics(dynamics, plan, out_dir, ctx, section, progress):
+    progress("report: training dynamics")
+    bands = T.dynamics_bands(dynamics)
+    ctx["tables"].append(T.write_table(bands, out_dir, "dynamics", "training dynamics: mean, lowest and highest "
+                                                                   "seed per step"))
+    logged = set(bands["metric"])
+    panels = []
+    for title, names in DYNAMICS_PANELS:
+        found = next((n for n in names if n in logged), None)
+        (panels.append((title, found)) if found else section["dynamics_missing"].append(title))
+    n_seeds = int(bands["n_seeds"].max()) if len(bands) else 0
+    for m in plan["models"]:
+        b = bands[bands["model"] == m]
+        if b.empty or not panels:
+            continue
+        section["dynamics"].append(F.save_figure(
+            F.dynamics_figure(b, panels, plan["arms"], m), out_dir, f"dynamics_{_slug(m)}", f"training dynamics: {m}",
+            "Line: the mean over seeds per step; band: the lowest to the highest seed." if n_seeds > 1 else
+            "One seed per arm: no band (seed variance not measured)."))
+
+
+def _appendix(samples, plan, out_dir, ctx, progress) -> list[dict]:
+    progress("report: problems where the arms disagree")
+    blocks, full = [], []
+    for m in plan["models"]:
+        for a in plan["compared"]:
+            d = T.disagreements(samples, m, a, plan["reference"], APPENDIX_CSV)
+            if d.empty:
+                continue
+            full.append(d.assign(arm_a=a, arm_b=plan["reference"]))
+            shown = d.head(APPENDIX_PER_PAIR).to_dict("records")
+            for r in shown:
+                for k in ("winner_response", "loser_response"):
+                    text = str(r.get(k, ""))
+                    r[k] = text if len(text) <= RESPONSE_CHARS else text[:RESPONSE_CHARS] + " […]"
+                r["rate_a"], r["rate_b"] = T.pct(r[f"solve_rate_{a}"]), T.pct(r[f"solve_rate_{plan['reference']}"])
+            blocks.append({"model": m, "arm_a": a, "arm_b": plan["reference"], "count": len(d), "rows": shown})
+    if full:
+        ctx["tables"].append(T.write_table(pd.concat(full, ignore_index=True), out_dir, "disagreements",
+                                           "problems where the arms disagree, with responses"))
+    return blocks
+
+
+# ------------------------------------------------------------------------------------------ sweeps
+def _sweep_section(sw: Sweep, out_dir: Path, ctx: dict, progress, index: int) -> dict:
+    from verl_bench.analysis import hpo
+
+    name = sw.path.name or f"sweep{index}"
+    tag = f"sweep_{index}_{_slug(name)}"
+    progress(f"report: sweep {name}: {len(sw.trials)} trials")
+    trials = sw.trials.reset_index(drop=True)
+    metric, mode = sw.metrics[0], sw.modes[0]
+    knobs = [c[len("config/"):] for c in trials.columns
+             if c.startswith("config/") and trials[c].astype(str).nunique() > 1 and c.split(".")[-1] != "seed"
+             and c != "config/seed"]
+    ctx["tables"].append(T.write_table(trials, out_dir, f"{tag}_trials", f"sweep {name}: every trial"))
+    scored = trials[trials[metric].notna()]
+    ranked = scored.sort_values(metric, ascending=(mode == "min"), kind="stable")
+    id_col = next((c for c in ("trial_id", "trial", "trial_name") if c in trials), None)
+    shown_cols = ([id_col] if id_col else []) + [f"config/{k}" for k in knobs] + sw.metrics
+    table = {"columns": [c.removeprefix("config/") for c in shown_cols],
+             "rows": [[_fmt(r[c]) for c in shown_cols] for _, r in ranked.head(TRIALS_SHOWN).iterrows()]}
+    out = {"name": name, "path": str(sw.path), "metrics": sw.metrics, "modes": sw.modes, "n_trials": len(trials),
+           "n_scored": len(scored), "knobs": knobs, "table": table, "figures": [], "importance": [],
+           "noise_floor": None, "best": None}
+    out["noise_floor"] = hpo.seed_noise_floor(trials, metric)
+    if knobs and len(scored) >= 3:
+        progress(f"report: sweep {name}: importance of {len(knobs)} knob(s)")
+        imp = hpo.knob_importance(scored, knobs, metric).sort_values("importance", ascending=False)
+        ctx["tables"].append(T.write_table(imp, out_dir, f"{tag}_importance", f"sweep {name}: knob importance"))
+        out["importance"] = [{"knob": r.knob, "importance": _fmt(r.importance),
+                              "interval": f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"} for r in imp.itertuples()]
+        out["figures"].append(F.save_figure(F.importance_figure(imp, out["noise_floor"], metric), out_dir,
+                                            f"{tag}_importance", "importance of each knob",
+                                            "Bars: importance with its bootstrap interval; dashed: the seed-noise "
+                                            "floor (the spread of trials that differ only in seed)."))
+        top = list(imp["knob"])[:3]
+        out["figures"].append(F.save_figure(F.slice_figure(scored, top, metric), out_dir, f"{tag}_slices",
+                                            "slices of the top knobs", f"{metric} of each trial against each of the "
+                                                                       "most important knobs; colour: trial order."))
+        numeric = [k for k in list(imp["knob"]) if pd.api.types.is_numeric_dtype(scored[f"config/{k}"])
+                   and not pd.api.types.is_bool_dtype(scored[f"config/{k}"])][:2]
+        if len(numeric) == 2:
+            out["figures"].append(F.save_figure(F.contour_figure(scored, numeric[0], numeric[1], metric), out_dir,
+                                                f"{tag}_contour", f"contour: {numeric[0]} x {numeric[1]}",
+                                                f"{metric} over the two most important numeric knobs."))
+    if len(scored):
+        out["figures"].append(F.save_figure(F.history_figure(trials, metric, mode), out_dir, f"{tag}_history",
+                                            "optimisation history", f"{metric} per trial in start order and the "
+                                                                    f"best so far ({mode})."))
+    if len(sw.metrics) > 1:
+        front = hpo.pareto_front(scored, sw.metrics, sw.modes)
+        ctx["tables"].append(T.write_table(front, out_dir, f"{tag}_pareto", f"sweep {name}: Pareto front"))
+        out["figures"].append(F.save_figure(F.pareto_figure(scored, front, sw.metrics), out_dir, f"{tag}_pareto",
+                                            "Pareto front", f"{sw.metrics[0]} ({sw.modes[0]}) against "
+                                                            f"{sw.metrics[1]} ({sw.modes[1]})."))
+    if len(ranked):
+        best = ranked.iloc[0]
+        out["best"] = {"value": _fmt(best[metric]), "config": {k: _fmt(best[f"config/{k}"]) for k in knobs},
+                       "trial": _fmt(best[id_col]) if id_col else ""}
+    return out
+
+
+# ------------------------------------------------------------------------------------------ header
+def _header(meta: dict, samples: pd.DataFrame | None, study: dict | None) -> dict:
+    record = study_record(meta)
+    h = {"name": meta.get("name", ""), "source": meta.get("source", ""), "generated": _dt.datetime.now(
+        _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions(), "commit": git_commit(),
+        "recorded": record, "provenance": provenance(), "protocol": meta.get("protocol") or {},
+        "models": meta.get("models") or {}, "steps": meta.get("steps"), "compared": None, "primary": None}
+    if samples is not None and study is not None:
+        plan = study["plan"]
+        trained = samples[samples["arm"] != BASE_ARM]
+        h["compared"] = {
+            "models": plan["models"], "arms": plan["arms"], "reference": plan["reference"],
+            "compared": plan["compared"], "benchmarks": plan["benchmarks"],
+            "seeds": sorted(trained["seed"].unique().tolist()) if len(trained) else [],
+            "problems": {b: int(g["problem"].nunique()) for b, g in samples.groupby("benchmark", sort=False)},
+            "samples": int(samples.groupby(["model", "arm", "seed", "benchmark", "problem"])["sample"].nunique().max()),
+        }
+        h["primary"] = study["primary"]
+    return h
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(s))
+
+
+def _fmt(v) -> str:
+    if T.missing(v):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

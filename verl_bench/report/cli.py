@@ -1,0 +1,30 @@
+"""``verl-bench report SOURCE... -o DIR``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _cmd_report(args) -> int:
+    from verl_bench.report.build import build_report
+
+    metrics = [m.strip() for m in args.metric.split(",")] if args.metric else None
+    modes = [m.strip() for m in args.mode.split(",")] if args.mode else None
+    path = build_report([Path(s) for s in args.sources], Path(args.output), title=args.title, metrics=metrics,
+                        modes=modes)
+    print(f"report: open {path}")
+    return 0
+
+
+def add_report_parser(sub) -> None:
+    p = sub.add_parser("report", help="a static HTML report (figures as PNG/SVG, tables as CSV/parquet) on "
+                                      "studies and sweeps")
+    p.add_argument("sources", nargs="+", metavar="EXPERIMENT_OR_STUDY",
+                   help="study folders and/or Tune sweep folders")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="report folder (index.html inside)")
+    p.add_argument("--title", default=None)
+    p.add_argument("--metric", default=None,
+                   help="a sweep's metric(s), comma-separated (default: what the trial table records, else "
+                        "val/accuracy)")
+    p.add_argument("--mode", default=None, help="max or min per metric, comma-separated (default max)")
+    p.set_defaults(fn=_cmd_report)

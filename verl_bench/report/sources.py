@@ -1,0 +1,176 @@
+"""What a report is built from: study folders and Tune sweep folders, told apart by the files they hold, and
+the header's facts (study file, versions, git commit, data provenance)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from verl_bench.errors import UserError
+
+REFERENCE_ARM = "grpo"  # compared against when the study names no comparison
+BASE_ARM = "base"
+VERSION_PACKAGES = ("torch", "transformers", "ray", "lm_eval", "math-verify", "verl-bench")
+
+
+class ReportError(UserError):
+    """A report source that is neither a study nor a sweep folder, or holds nothing to report."""
+
+
+@dataclass
+class Sweep:
+    path: Path
+    trials: pd.DataFrame  # verl_bench.analysis.hpo.trial_table
+    metrics: list[str]
+    modes: list[str]
+
+
+@dataclass
+class Sources:
+    samples: pd.DataFrame | None = None
+    dynamics: pd.DataFrame | None = None
+    meta: dict = field(default_factory=dict)
+    sweeps: list[Sweep] = field(default_factory=list)
+
+
+def source_kind(path: Path) -> str:
+    """``study`` (study.yaml or trials.json) or ``sweep`` (Tune's experiment_state*.json)."""
+    if not path.is_dir():
+        raise ReportError(f"{path}: not a folder (expected a study folder or a Tune sweep folder)")
+    if (path / "study.yaml").is_file() or (path / "trials.json").is_file():
+        return "study"
+    if any(path.glob("experiment_state*.json")):
+        return "sweep"
+    raise ReportError(f"{path}: neither a study folder (study.yaml, trials.json) nor a Tune sweep folder "
+                      "(experiment_state*.json)")
+
+
+def study_meta(study_dir: Path) -> dict:
+    """The study file's facts the report shows: models, arms, seeds, benchmarks, primary endpoint, protocol."""
+    f = study_dir / "study.yaml"
+    raw = yaml.safe_load(f.read_text()) if f.is_file() else {}
+    if not isinstance(raw, dict):
+        raise ReportError(f"{f}: expected a mapping (the study file)")
+    models = raw.get("models") or {}
+    evaluation = raw.get("evaluation") or {}
+    primary = raw.get("primary") or {}
+    return {
+        "name": raw.get("name", study_dir.name),
+        "source": str(study_dir),
+        "models": {k: (v.get("model") if isinstance(v, dict) else v) for k, v in models.items()}
+        if isinstance(models, dict) else {m: m for m in models},
+        "arms": list(raw.get("arms") or []),
+        "seeds": list(raw.get("seeds") or []),
+        "benchmarks": list(evaluation.get("benchmarks") or []),
+        "protocol": {k: v for k, v in evaluation.items() if k not in ("benchmarks", "resources")},
+        "primary": {"benchmark": primary.get("benchmark", "average"), "metric": primary.get("metric", "accuracy"),
+                    "compare": list(primary["compare"]) if primary.get("compare") else None},
+        "steps": (raw.get("budget") or {}).get("steps"),
+    }
+
+
+def sweep_objectives(trials: pd.DataFrame, metrics: list[str] | None, modes: list[str] | None):
+    """The sweep's metric(s) and mode(s): given, else the trial table's ``attrs``, else val/accuracy (max)."""
+    metrics = metrics or trials.attrs.get("metrics") or ([trials.attrs["metric"]] if "metric" in trials.attrs else None)
+    modes = modes or trials.attrs.get("modes") or ([trials.attrs["mode"]] if "mode" in trials.attrs else None)
+    if not metrics:
+        metrics = ["val/accuracy"] if "val/accuracy" in trials else [
+            c for c in trials.columns if not c.startswith("config/") and pd.api.types.is_numeric_dtype(trials[c])][:1]
+    modes = list(modes or ["max"] * len(metrics))
+    if len(modes) == 1 and len(metrics) > 1:
+        modes = modes * len(metrics)
+    if any(m not in ("max", "min") for m in modes) or len(modes) != len(metrics):
+        raise ReportError(f"sweep modes {modes}: expected max or min, one per metric {metrics}")
+    missing = [m for m in metrics if m not in trials]
+    if missing:
+        raise ReportError(f"sweep metric {missing[0]!r} is in no trial's results; columns: "
+                          f"{[c for c in trials.columns if not c.startswith('config/')][:12]}")
+    return list(metrics), modes
+
+
+def load_sources(paths: list[Path], metrics: list[str] | None = None, modes: list[str] | None = None,
+                 progress=print) -> Sources:
+    """Read every source (all checked before anything is loaded): studies' frames concatenated, sweeps'
+    trial tables kept apart. The meta comes from the first study."""
+    kinds = [(Path(p), source_kind(Path(p))) for p in paths]
+    out = Sources()
+    samples, dynamics = [], []
+    for path, kind in kinds:
+        if kind == "study":
+            from verl_bench.analysis.frame import dynamics_frame, samples_frame
+
+            progress(f"report: reading study {path}")
+            meta = study_meta(path)
+            out.meta = out.meta or meta
+            samples.append(samples_frame(path))
+            dynamics.append(dynamics_frame(path))
+        else:
+            from verl_bench.analysis.hpo import trial_table
+
+            progress(f"report: reading sweep {path}")
+            trials = trial_table(path)
+            if trials.empty:
+                raise ReportError(f"{path}: the sweep has no trial results yet")
+            m, md = sweep_objectives(trials, metrics, modes)
+            out.sweeps.append(Sweep(path, trials, m, md))
+            out.meta = out.meta or {"name": path.name, "source": str(path)}
+    if samples:
+        out.samples = pd.concat(samples, ignore_index=True)
+        out.dynamics = pd.concat(dynamics, ignore_index=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ header facts
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in VERSION_PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def git_commit() -> str:
+    """The commit of the verl-bench checkout that builds the report (+ "dirty" when it has local changes)."""
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                               check=False, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (not a git checkout)"
+    return sha + (" (with uncommitted changes)" if dirty else "")
+
+
+def provenance(n_lines: int = 6) -> dict:
+    """The data root (VERL_BENCH_DATA) and the first lines of its PROVENANCE.md."""
+    root = os.environ.get("VERL_BENCH_DATA", "")
+    lines: list[str] = []
+    if root:
+        f = Path(root) / "PROVENANCE.md"
+        if f.is_file():
+            lines = [ln for ln in f.read_text(errors="replace").splitlines() if ln.strip()][:n_lines]
+    return {"root": root or "(VERL_BENCH_DATA not set)", "lines": lines}
+
+
+def study_record(meta: dict) -> dict:
+    """What the study recorded about itself when it ran (versions, commit), if it wrote such a file."""
+    src = meta.get("source")
+    f = Path(src) / "study_resolved.json" if src else None
+    if not f or not f.is_file():
+        return {}
+    try:
+        data = json.loads(f.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: data[k] for k in ("versions", "git_commit", "created") if isinstance(data, dict) and k in data}
