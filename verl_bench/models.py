@@ -484,29 +484,11 @@ def _pick_device(device) -> torch.device:
     return torch.device(device)
 
 
-_DTYPES = {
-    "fp32": "float32",
-    "float32": "float32",
-    "float": "float32",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-    "half": "float16",
-}
-
-
 def _pick_dtype(dtype, device) -> torch.dtype:
-    import torch
+    """None / "auto": bf16 on CUDA, fp32 elsewhere (inference). Training loads ``precision.MASTER_DTYPE``."""
+    from verl_bench.precision import compute_dtype
 
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
-    if name is None:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or a torch.dtype")
-    return getattr(torch, name)
+    return compute_dtype(dtype, device)
 
 
 def load_tokenizer(
@@ -530,7 +512,8 @@ def load_model(
 
     * ``device``: default ``"cuda"`` when available, else ``"cpu"``.
     * ``dtype``: default float32 on CPU and bfloat16 on CUDA; accepts a ``torch.dtype`` or a name
-      (``"fp32"``, ``"bf16"``, ``"fp16"``, ``"float32"``...).
+      (``"fp32"``, ``"bf16"``, ``"fp16"``, ``"float32"``...). A model to be trained is loaded in float32
+      (its master weights; ``verl_bench.precision``) whatever dtype it computes in.
     * The tokenizer pads on the LEFT (so batched prompts end where generation starts) and always has a pad
       token (EOS when the model has none; ``<|im_end|>`` for SmolLM2). The model's config and generation
       config get the same pad/EOS ids, and the model is put in eval mode.
