@@ -4,6 +4,7 @@
     verl-bench demo                  # the embedded default: SmolLM2-135M-Instruct, offline, CPU
     verl-bench rank MODEL [...]      # sample responses and print their ER / ERV / ERA
     verl-bench sweep SPACE.yaml [--resume] [--address ADDR] [--storage PATH] [--name NAME]
+    verl-bench plan CONFIG.yaml [--gpus N] [--gpu-memory GB] [--strategy ddp|fsdp|both]   # memory per GPU
     verl-bench eval MODEL_OR_CHECKPOINT... | --experiment PATH [--which all|last|best] [--benchmarks ...]
                     [--preset paper|greedy|quick|pass16]
     verl-bench report EXPERIMENT_OR_STUDY... -o DIR   # static HTML report: figures PNG/SVG, tables CSV/parquet
@@ -24,6 +25,9 @@ def _cmd_train(args) -> int:
     from verl_bench.config import load_config
 
     cfg = load_config(args.config, args.set)  # validated before anything expensive starts
+    from verl_bench.plan_cli import check_plan
+
+    check_plan(cfg)  # refuses a plan that cannot fit the GPUs (a no-op without CUDA)
     if args.ray or cfg.ray.num_workers > 1 or cfg.ray.address:
         from verl_bench.distributed import train_with_ray
 
@@ -114,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     from verl_bench.evaluate.cli import add_eval_parser
 
     add_eval_parser(sub)
+
+    from verl_bench.plan_cli import add_plan_parser
+
+    add_plan_parser(sub)
 
     from verl_bench.report import add_report_parser
 
