@@ -1,9 +1,10 @@
 """Checks against the truth: every gold answer of every eval set scores as it should.
 
-(1) Per set, on the real files: the gold checks of ``verl_bench.evaluate.goldcheck`` (response, raw,
-    parse, probe, solution; see its docstring) pass for every record except the allowlist below. The
-    test fails when a new record fails AND when an allowlisted record starts passing, so the list stays
-    true. The same for questions stored twice with disagreeing golds.
+(1) Per set, on the real files: the gold checks of ``verl_bench.audit`` (response, raw, parse, probe,
+    solution; see its docstring) pass for every record except those of its documented list
+    (``verl_bench.audit.known``, kept there only). The test fails when a new record fails AND when a
+    listed record starts passing, so the list stays true. The same for questions stored twice with
+    disagreeing golds.
 (2) Known-correct and known-wrong answers per benchmark, each against the real gold of one record
     (picked by id), scored through the path a model response takes: extract the answer from a
     response, then verify it.
@@ -18,12 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from verl_bench.data import DATA_ENV, load_problems
-from verl_bench.evaluate.goldcheck import (
+from verl_bench.audit import (
     CHECKS,
     DOCUMENTED_CONFLICTS,
     DOCUMENTED_EXCEPTIONS,
-    EVAL_SETS,
     check_duplicates,
     check_gold,
     choice_options,
@@ -31,6 +30,7 @@ from verl_bench.evaluate.goldcheck import (
     model_response,
     probe_answers,
 )
+from verl_bench.data import BENCHMARKS, DATA_ENV, load_problems
 from verl_bench.reward import grade_response, shutdown_verifier
 
 DATA = Path(os.environ.get(DATA_ENV) or "/work/shared/data/math")
@@ -47,37 +47,11 @@ def _stop_workers():
 
 # ---------------------------------------------------------------------------------------- (1) real files
 
-# Records allowed to fail a check: {set: {check: {record index (= problem id "<set>/<index>", file
-# line index+1)}}}. Only data problems and math-verify limits belong here; a bug in our normalisation or
-# grader gets fixed instead. The long reasons are in goldcheck.DOCUMENTED_EXCEPTIONS (printed in reports).
-ALLOWED: dict[str, dict[str, set[int]]] = {
-    "minerva_math": {
-        # stored in forms math-verify cannot read; our gold normalisation repairs them ("np.arcsin(10/13)"
-        # -> "\arcsin (10/13)", "-1./3" -> "-1/3"), so only the stored form itself scores wrong
-        "raw": {5, 38, 49},
-        "solution": {5, 38, 49},  # the same strings: the gold is the solution's last \boxed{}
-        "parse": {27, 269},  # dM/dt = ... L_{\odot}; "E_{1},E_{2}": math-verify cannot parse them
-        "probe": {261},  # math-verify reads "\hbar \omega(v+1/2) - E_0^2 e^2/(2 m \omega^2)" as 2
-    },
-    "olympiadbench": {
-        "parse": {34, 96},  # "m_{\max }=n^{2}-n-1" unparseable; "t(0,4]" lost its \in (data)
-        # 73: the gold is a sentence, a fragment of it equals 0; 91: "f(x)=1" vs "1" (acceptable);
-        # 117: "6m" -- math-verify drops m as metres, so "6" scores right
-        "probe": {73, 91, 117},
-    },
-    "aime24": {"solution": {15}},  # the AoPS solution boxes "\textbf{(073)}"; gold 073 is right
-    "gaokao2023en": {
-        "parse": {83, 107},  # "b > a > c" parsed as "b >"; "$145$solution:" (data: text pasted in)
-        # 0, 22: set-builder golds read as 1 and 3; 81: "{1}" vs "1" (acceptable); 243: "2s", s dropped
-        # as seconds; 370: "5am" vs "5" (acceptable)
-        "probe": {0, 22, 81, 243, 370},
-    },
-    "gaokao2024_I": {"raw": {12}},  # stored "ln2" (l*n*2); the gold is normalised to "\ln 2"
-    "gaokao2024_mix": {
-        "parse": {42},  # data: "7-\sqrt{5 \mathrm{i}}" (the i slipped into the root), unparseable
-        "solution": {75},  # data: the 'answer' text "10" is option C; choice_answer A (10i) is right
-    },
-}
+
+def documented(name: str, check: str) -> set[int]:
+    """The record indices of set ``name`` documented to fail ``check`` (problem id "<set>/<index>")."""
+    return {int(pid.rsplit("/", 1)[1]) for (s, pid, c) in DOCUMENTED_EXCEPTIONS if s == name and c == check}
+
 
 # How many records the solution check must cover (a reference with a final answer), per set.
 SOLUTION_APPLICABLE = {
@@ -90,29 +64,30 @@ SOLUTION_APPLICABLE = {
 SKIPPED_LINES = {"gaokao2023en": [168, 193]}  # answer "" (pasted into the question), see test_data.py
 
 
-def test_allowlist_matches_the_documented_exceptions():
-    """The report's documented reasons and this allowlist must name the same records."""
-    documented = {(s, pid, c) for (s, pid, c) in DOCUMENTED_EXCEPTIONS}
-    allowed = {(s, f"{s}/{i}", c) for s, by_check in ALLOWED.items() for c, ids in by_check.items() for i in ids}
-    assert documented == allowed
-    assert all(c in CHECKS for _, _, c in allowed) and set(ALLOWED) <= set(EVAL_SETS)
+def test_documented_failures_name_real_sets_checks_and_records():
+    for (name, pid, check), reason in DOCUMENTED_EXCEPTIONS.items():
+        assert name in BENCHMARKS and check in CHECKS and reason
+        assert pid.startswith(f"{name}/") and pid.rsplit("/", 1)[1].isdigit()
+    for ids, reason in DOCUMENTED_CONFLICTS.items():
+        assert len(ids) >= 2 and reason
+        assert all(i.split("/")[0] in BENCHMARKS for i in ids)
 
 
 @needs_data
-@pytest.mark.parametrize("name", EVAL_SETS)
+@pytest.mark.parametrize("name", BENCHMARKS)
 def test_gold_checks_on_the_real_files(name):
     r = check_gold(name, data_root=DATA)
     assert [n for n, _ in r.skipped] == SKIPPED_LINES.get(name, [])
     assert r.loaded == r.total_records - r.n_skipped > 0
     for check in CHECKS:
         failing = {int(pid.rsplit("/", 1)[1]) for pid in r.failing_ids(check)}
-        allowed = ALLOWED.get(name, {}).get(check, set())
+        allowed = documented(name, check)
         assert not failing - allowed, f"{name} [{check}] new failures: {sorted(failing - allowed)}: " + "; ".join(
             f"{f.id} gold={f.gold!r} answer={f.answer!r}: {f.reason}"
             for f in r.failures
             if f.check == check and int(f.id.rsplit("/", 1)[1]) not in allowed
         )
-        assert not allowed - failing, f"{name} [{check}] allowlisted but passing now: {sorted(allowed - failing)}"
+        assert not allowed - failing, f"{name} [{check}] documented but passing now: {sorted(allowed - failing)}"
     # every record went through the self-checks; the solution check ran where a reference exists
     for check in ("response", "parse", "probe"):
         assert r.applicable[check] == r.loaded
@@ -122,22 +97,12 @@ def test_gold_checks_on_the_real_files(name):
     assert not r.new_failures and not r.stale_exceptions
 
 
-# Questions stored twice (up to formatting) whose golds disagree; the reasons are in
-# goldcheck.DOCUMENTED_CONFLICTS.
-CONFLICTS = {
-    # 2023 AMC 12B #7: 901 is right (n = 1, 100 and 101..999); gaokao2023en/349 stores 902
-    frozenset({"amc23/37", "gaokao2023en/349"}),
-    # gaokao2024_II/13 is 2024-I's card game (1/2) but stores "24;112", the answer of II/12's grid question
-    frozenset({"gaokao2024_I/13", "gaokao2024_II/13"}),
-}
-
-
 @needs_data
 def test_repeated_questions_have_agreeing_golds():
-    groups = check_duplicates(EVAL_SETS, data_root=DATA)
+    groups = check_duplicates(BENCHMARKS, data_root=DATA)
     conflicts = {frozenset(g.ids) for g in groups if not g.agree}
-    assert conflicts == CONFLICTS
-    assert set(DOCUMENTED_CONFLICTS) == CONFLICTS
+    assert conflicts == set(DOCUMENTED_CONFLICTS)
+    assert all(g.documented for g in groups if not g.agree)
     agreeing = {frozenset(g.ids) for g in groups if g.agree}
     # "ln2" (gaokao2024_I) vs "\ln 2" (gaokao2024_mix) disagreed until gold normalisation learnt "ln"
     assert frozenset({"gaokao2024_I/12", "gaokao2024_mix/72"}) in agreeing
@@ -320,7 +285,7 @@ def test_answer_forms_score_as_expected(name, index, response, expected):
 
 
 def test_every_set_has_right_and_wrong_cases():
-    for name in EVAL_SETS:
+    for name in BENCHMARKS:
         outcomes = {e for n, _, _, e in CASES if n == name}
         assert outcomes == {True, False}, name
 

@@ -48,6 +48,7 @@ __all__ = [
     "Problem",
     "arithmetic_problems",
     "dataset_names",
+    "iter_records",
     "load_problems",
     "load_problems_with_stats",
     "normalize_gold",
@@ -386,7 +387,7 @@ def resolve_data_root(data_root: str | os.PathLike | None = None) -> Path:
     return p
 
 
-def _iter_records(path: Path):
+def iter_records(path: Path):
     """Yield (1-based line or record number, record dict). Malformed input -> DataError."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -424,7 +425,7 @@ def _load_file(spec: DatasetSpec, root: Path) -> tuple[list[Problem], LoadStats]
     where = "line" if path.suffix == ".jsonl" else "record"
     stats = LoadStats(name=spec.name, path=str(path))
     problems: list[Problem] = []
-    for n, rec in _iter_records(path):
+    for n, rec in iter_records(path):
         stats.total_records += 1
         for key in spec.required_keys:
             if key not in rec:
