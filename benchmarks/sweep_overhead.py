@@ -31,6 +31,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "sweep_overhead.jsonl"
 sys.path.insert(0, str(ROOT))
@@ -42,13 +44,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 if "VERL_BENCH_DATA" not in os.environ and _default_data.is_dir():
     os.environ["VERL_BENCH_DATA"] = str(_default_data)
 
-TINY = {
-    "model": "tiny:test", "steps": 2, "checkpoint_every": 2, "keep_checkpoints": 1, "threads": 1,
-    "data": {"train": "arithmetic_l1", "eval": "arithmetic_test_l1", "eval_size": 2},
-    "rollout": {"prompts_per_step": 2, "n": 4, "max_new_tokens": 12},
-    "rank": {"stride": 3, "window": 64},
-    "algo": {"lr": 1.0e-3},
-}
+# the tests' tiny run (2 prompts x 4 samples of 12 tokens), 2 steps, one checkpoint at the end
+TINY = {**yaml.safe_load((ROOT / "verl_bench" / "configs" / "tiny.yaml").read_text()),
+        "steps": 2, "checkpoint_every": 2, "keep_checkpoints": 1}
 METRIC = "rank/er"
 
 

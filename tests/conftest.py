@@ -1,7 +1,11 @@
-"""Shared test set-up: fully offline, data read in place from the data root."""
+"""Shared test set-up: fully offline, data read in place from the data root; the tiny training config;
+Ray fixtures."""
 
 import os
 from pathlib import Path
+
+import pytest
+import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -9,3 +13,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _default_data = Path(__file__).resolve().parents[2] / "shared" / "data" / "math"
 if "VERL_BENCH_DATA" not in os.environ and _default_data.is_dir():
     os.environ["VERL_BENCH_DATA"] = str(_default_data)
+
+# The smallest training run (verl_bench/configs/tiny.yaml); tests override what they vary: {**TINY_BASE, ...}
+_TINY_YAML = Path(__file__).resolve().parents[1] / "verl_bench" / "configs" / "tiny.yaml"
+TINY_BASE = yaml.safe_load(_TINY_YAML.read_text())
+_RAY_ENV = ("HF_HUB_OFFLINE", "VERL_BENCH_DATA", "TOKENIZERS_PARALLELISM")
+
+
+@pytest.fixture
+def fresh_ray():
+    """No Ray before or after the test: the code under test starts (and ends) its own."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module's in-process runs (run_sweep joins it instead of starting its own)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k in _RAY_ENV}})
+    yield
+    ray.shutdown()

@@ -14,16 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import TINY_BASE
 from verl_bench.config import ConfigError
 from verl_bench.sweep import SEARCH_SPACES, check_resources, load_sweep
-
-TINY_BASE = {
-    "model": "tiny:test", "steps": 3, "checkpoint_every": 1, "keep_checkpoints": 2, "threads": 1,
-    "data": {"train": "arithmetic_l1", "eval": "arithmetic_test_l1", "eval_size": 2},
-    "rollout": {"prompts_per_step": 2, "n": 4, "max_new_tokens": 12},
-    "rank": {"stride": 3, "window": 64},
-    "algo": {"lr": 1.0e-3},
-}
 
 
 def _write(tmp_path: Path, name: str = "sweep.yaml", **over) -> Path:
@@ -240,18 +233,6 @@ def test_errors_are_raised_before_ray_starts(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ running (Ray)
-@pytest.fixture(scope="module")
-def local_ray():
-    """One local Ray for the in-process sweeps (run_sweep joins it instead of starting its own)."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {k: v for k, v in os.environ.items()
-                                       if k in ("HF_HUB_OFFLINE", "VERL_BENCH_DATA", "TOKENIZERS_PARALLELISM")}})
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 def test_optuna_asha_sweep_runs_every_trial(tmp_path, local_ray, capsys):
     from verl_bench.sweep import run_sweep

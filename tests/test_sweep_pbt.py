@@ -33,16 +33,6 @@ def test_resume_applies_the_new_configs_lr(tmp_path):
     assert state["optimizer"]["param_groups"][0]["weight_decay"] == pytest.approx(0.01)
 
 
-@pytest.fixture
-def fresh_ray():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_pbt_sweep_clones_and_perturbs(tmp_path, fresh_ray):

@@ -21,16 +21,6 @@ TRAIN_BASE = {**TINY_BASE, "steps": 2, "checkpoint_every": 1, "keep_checkpoints"
               "ray": {"num_workers": 2, "cpus_per_worker": 1}}
 
 
-@pytest.fixture
-def fresh_ray():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    yield
-    ray.shutdown()
-
-
 def _rows(path: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if line]
 
