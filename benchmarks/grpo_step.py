@@ -50,7 +50,8 @@ def run_variant(name: str, steps: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         sets = [f"steps={steps}", f"run_dir={tmp}/run", "data.eval_size=0", "checkpoint_every=0",
                 "keep_checkpoints=1", *VARIANTS[name], *extra]
-        cmd = [sys.executable, "-m", "verl_bench.cli", "demo"] + [a for s in sets for a in ("--set", s)]
+        cmd = [sys.executable, "-m", "verl_bench.cli", "train", "verl_bench/configs/demo.yaml"] + [
+            a for s in sets for a in ("--set", s)]
         print(f"[{name}] {' '.join(VARIANTS[name] + extra)}", flush=True)
         loads = []
         proc = subprocess.Popen(cmd, env=os.environ.copy())

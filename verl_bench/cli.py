@@ -1,7 +1,8 @@
 """``verl-bench`` command line: thin orchestration over the library.
 
     verl-bench train CONFIG.yaml [--set key=value ...] [--ray] [--resume CKPT]
-    verl-bench demo                  # the embedded default: SmolLM2-135M-Instruct, offline, CPU
+    verl-bench demo                  # studies/demo.yaml: GRPO vs VERL on the embedded default, offline, CPU
+    verl-bench study STUDY.yaml [--resume] [--address ADDR] [--storage PATH] [--dry-run]
     verl-bench rank MODEL [...]      # sample responses and print their ER / ERV / ERA
     verl-bench sweep SPACE.yaml [--resume] [--address ADDR] [--storage PATH] [--name NAME]
     verl-bench plan CONFIG.yaml [--gpus N] [--gpu-memory GB] [--strategy ddp|fsdp|both]   # memory per GPU
@@ -45,10 +46,13 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    args.config = str(DEMO_CONFIG)
-    args.ray = False
-    args.resume = None
-    return _cmd_train(args)
+    """The demo study (studies/demo.yaml), resumed when its folder exists: kill it and run it again. The
+    single training run it used to be is ``verl-bench train verl_bench/configs/demo.yaml``."""
+    from verl_bench.study.cli import cmd_study
+    from verl_bench.study.spec import STUDIES
+
+    args.study, args.resume, args.address, args.dry_run = str(STUDIES / "demo.yaml"), True, None, False
+    return cmd_study(args)
 
 
 def _cmd_rank(args) -> int:
@@ -92,10 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--name", default=None, help="Ray run name (with --ray)")
     t.set_defaults(fn=_cmd_train)
 
-    d = sub.add_parser("demo", help="train the embedded default (SmolLM2-135M-Instruct, arithmetic, CPU)")
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    d.add_argument("--storage", default=None)
-    d.add_argument("--name", default=None)
+    d = sub.add_parser("demo", help="the demo study: GRPO vs VERL on the embedded default (SmolLM2-135M-Instruct, "
+                                    "arithmetic, CPU), evaluated and reported; resumes when run again")
+    d.add_argument("--storage", default=None, help="parent folder of the study's folder (default runs/studies)")
     d.set_defaults(fn=_cmd_demo)
 
     r = sub.add_parser("rank", help="sample responses from a model and print their ER / ERV / ERA")
@@ -114,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     from verl_bench.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
+
+    from verl_bench.study.cli import add_study_parser
+
+    add_study_parser(sub)
 
     from verl_bench.evaluate.cli import add_eval_parser
 

@@ -157,7 +157,8 @@ def add_eval_parser(subparsers) -> None:
     e.add_argument("--limit", type=int, default=None, help="problems per benchmark")
     e.add_argument("--template", default="auto",
                    help="prompt template (auto: the training run's, else chat for chat models, else qwen-boxed)")
-    e.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm"])
+    e.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm", "sampler"],
+                   help="auto: vllm on a GPU when installed, else hf; sampler: the training sampler (fast on CPU)")
     e.add_argument("--batch-size", default=None)
     e.add_argument("--data-root", default=None, help="benchmark files (default: $VERL_BENCH_DATA)")
     e.add_argument("--output", default=None, help=f"where results of non-checkpoint models go (default "

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from verl_bench.evaluate.presets import EvalPreset
-from verl_bench.evaluate.tasks import GROUP, build_task, check_benchmarks, task_name
+from verl_bench.evaluate.tasks import GRADES, GROUP, build_task, check_benchmarks, task_name
 
 EVAL_DIR = "eval"  # beside a checkpoint's weights: <checkpoint>/eval/<template>/<protocol>/
 TABLE = "eval_table"  # <experiment or output>/eval_table.{parquet,csv}
@@ -65,8 +65,9 @@ def vllm_available() -> bool:
 
 
 def make_lm(folder: Path, backend: str = "auto", batch_size: int | str | None = None, seed: int = 0):
-    """lm-eval's model object: ``hf`` (bf16 on GPU, float32 on CPU) or ``vllm`` (one replica: lm-eval's
-    data-parallel vLLM calls ray.shutdown(), which would end the Ray task running it)."""
+    """lm-eval's model object: ``hf`` (bf16 on GPU, float32 on CPU), ``vllm`` (one replica: lm-eval's
+    data-parallel vLLM calls ray.shutdown(), which would end the Ray task running it) or ``sampler`` (the
+    training loop's sampler, generation only: several times faster than ``hf`` on a CPU, see sampler_lm)."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -80,8 +81,12 @@ def make_lm(folder: Path, backend: str = "auto", batch_size: int | str | None = 
         return VLLM(pretrained=str(folder), dtype="bfloat16" if cuda else "float32", data_parallel_size=1,
                     tensor_parallel_size=1, seed=seed, batch_size=batch_size or "auto",
                     gpu_memory_utilization=0.85)
+    if backend == "sampler":  # the training loop's sampler: shared prefill, finished samples drop out (CPU)
+        from verl_bench.evaluate.sampler_lm import SamplerLM
+
+        return SamplerLM(folder, device="cuda" if cuda else "cpu")
     if backend != "hf":
-        raise ValueError(f"unknown backend {backend!r}; known: auto, hf, vllm")
+        raise ValueError(f"unknown backend {backend!r}; known: auto, hf, vllm, sampler")
     from lm_eval.models.huggingface import HFLM
 
     return HFLM(pretrained=str(folder), dtype="bfloat16" if cuda else "float32",
@@ -105,6 +110,16 @@ def results_file(out_dir: Path, benchmark: str) -> Path | None:
         except (OSError, ValueError, KeyError):
             pass
     return None
+
+
+def samples_file(out_dir: Path, benchmark: str) -> Path | None:
+    """lm-eval's per-sample JSONL of ``benchmark`` in ``out_dir`` when that benchmark is complete (one line
+    per problem, each with its n responses and, from task version 2, their grades)."""
+    res = results_file(out_dir, benchmark)
+    if res is None:
+        return None
+    name = task_name(benchmark)
+    return res.with_name(f"samples_{name}_{res.stem[len(f'results_{name}_'):]}.jsonl")
 
 
 def empty_task_manager():
@@ -184,6 +199,8 @@ def read_results(path: Path) -> list[dict]:
             if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
                 continue
             metric, flt = key.split(",", 1)
+            if metric == GRADES:  # per-sample grades: the samples file holds them, avg@n their mean
+                continue
             se = vals.get(f"{metric}_stderr,{flt}")
             rows.append({"benchmark": meta["benchmark"], "metric": metric, "value": float(value),
                          "stderr": float(se) if isinstance(se, (int, float)) else None,

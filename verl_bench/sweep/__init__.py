@@ -19,7 +19,6 @@ A sweep file (everything is checked before Ray starts; errors name file:line: ke
     metric: val/accuracy     # or a list, with a list of modes: a multi-objective Optuna search
     mode: max
     num_samples: 20          # Optuna/random: trials; grid: repeats of the whole grid
-    seed_repeats: 1          # >1: each trial trains seeds seed, seed+1, ... one after another (no ASHA)
     resources: {cpu: 1, gpu: 0}             # per trial (its own process; see Ray Train workers below)
     max_concurrent: 1
     max_failures: 0          # retries of a failed trial, from its last checkpoint
@@ -30,7 +29,11 @@ With ``algo: optuna`` (TPE) and no ``points_to_evaluate``, the base config's own
 
 Multi-objective: ``metric: [val/accuracy, val/response_length]`` with ``mode: [max, min]`` (equal lengths)
 needs ``algo: optuna``; the lists go to the Optuna searcher (TPE over both values, a Pareto front printed at
-the end). ASHA ranks trials by one number: it stops on the first metric. No seed_repeats with lists.
+the end). ASHA ranks trials by one number: it stops on the first metric.
+
+Seeds: the seed is a config key like any other; ``seed: {grid: [0, 1, 2]}`` makes it a grid dimension and
+the report aggregates over it. (Comparing arms over models and seeds with a fixed evaluation protocol is a
+study: ``verl_bench.study``, which runs its model x arm x seed grid through ``run.run_cells``.)
 
 PBT: ``scheduler: {kind: pbt, perturbation_interval: 5, hyperparam_mutations: {KEY: DISTRIBUTION}}``
 (mutations default to the space; optional ``quantile_fraction`` 0.25, ``resample_probability`` 0.25).
@@ -54,7 +57,7 @@ run is named after the trial and stored in the trial's folder: a retried or resu
 its newest checkpoint. ``resources`` are then the trial's own process, which only waits on its workers
 (``cpu: 0`` is allowed); each worker reserves ``ray.cpus_per_worker`` CPUs (and a GPU with
 ``ray.use_gpu``) when the run starts. Tune does not count the workers, so a local sweep is refused unless
-``max_concurrent`` trial processes plus one trial's workers fit the machine. No PBT or seed_repeats then.
+``max_concurrent`` trial processes plus one trial's workers fit the machine. No PBT then.
 
 Every report carries ``node_id`` and ``hostname`` (and ``world_size`` with Train workers, ``restored_from``:
 the checkpoint the run resumed from, empty when it started fresh): with ``--address`` Ray places trials
@@ -64,8 +67,8 @@ status line shows running/pending/paused/done/errored trial counts and the best 
 trial across PBT pauses, exploits and retries (``sweep/loggers.py``: Ray 2.60's own loggers lose rows there).
 """
 
-from verl_bench.sweep.run import add_sweep_parser, experiment_path, run_sweep
+from verl_bench.sweep.run import add_sweep_parser, experiment_path, finished_run, run_cells, run_sweep
 from verl_bench.sweep.spec import SEARCH_SPACES, SweepSpec, check_resources, load_sweep
 
-__all__ = ["SEARCH_SPACES", "SweepSpec", "add_sweep_parser", "check_resources", "experiment_path", "load_sweep",
-           "run_sweep"]
+__all__ = ["SEARCH_SPACES", "SweepSpec", "add_sweep_parser", "check_resources", "experiment_path", "finished_run",
+           "load_sweep", "run_cells", "run_sweep"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from verl_bench.config import ConfigError, TrainConfig, _merge, from_dict
 from verl_bench.sweep.report import Carry, clean
-from verl_bench.sweep.spec import REPEAT_FILE, SweepSpec, _flat, _nest, check_resources, load_sweep
+from verl_bench.sweep.spec import SweepSpec, _flat, _nest, check_resources, load_sweep
 
 # What a trial process that only drives Ray Train workers reserves when it asks for no CPU (resources.cpu 0):
 # Tune cannot schedule an empty request, and memory is what such a process does use.
@@ -29,7 +29,11 @@ def _trial(config: dict, sweep: dict) -> None:
     from ray import tune
 
     sampled = _flat(config)
-    cfg = from_dict(TrainConfig, _merge(sweep["base"], _nest(sampled)), source=f"trial config {sampled}")
+    if "cells" in sweep:  # a grid of named cells (a study: model x arm x seed): each cell is a whole config
+        cell = "/".join(str(sampled[d]) for d in sweep["cell_dims"])
+        cfg = from_dict(TrainConfig, sweep["cells"][cell], source=f"grid cell {cell}")
+    else:
+        cfg = from_dict(TrainConfig, _merge(sweep["base"], _nest(sampled)), source=f"trial config {sampled}")
     # the trial's folder in the sweep's storage (get_trial_dir() is a per-Ray-session staging copy that is
     # only synced at the end, so a resumed trial would not see its own run there)
     trial_dir = Path(sweep["experiment_path"]) / Path(tune.get_context().get_trial_dir()).name
@@ -79,67 +83,63 @@ def _fit_train_run(cfg: TrainConfig, trial_dir: Path, sweep: dict) -> None:
 
 
 def _train_in_process(cfg: TrainConfig, trial_dir: Path, sweep: dict) -> None:
-    """Train in this process, ``seed_repeats`` seeds in turn; each report carries the step's HF checkpoint.
+    """Train in this process; each report carries the step's HF checkpoint (unless the payload's
+    ``tune_checkpoints`` is False: a study's trials resume from their own run folder instead).
 
     Resumes from ``ray.tune.get_checkpoint()``: after a failure or ``--resume`` (this trial's own) and when
-    PBT restarts the trial from another trial's checkpoint with a mutated config.
+    PBT restarts the trial from another trial's checkpoint with a mutated config. Without one, ``train``
+    resumes from the newest checkpoint in the trial's run folder; a run that is already complete there is
+    not trained again (its last row is reported), so a restored experiment never redoes a finished trial.
     """
     from ray import tune
 
     from verl_bench.train import latest_checkpoint, train
 
-    metrics, repeats = sweep["metrics"], sweep["seed_repeats"]
-    metric = metrics[0]  # seed_repeats > 1 only with a single metric (checked by the spec)
     if cfg.threads is None:
         cfg = dataclasses.replace(cfg, threads=max(1, int(sweep["cpu"])))
-
-    # where to resume: Tune's checkpoint names the repeat it belongs to
-    repeat, finals, resume_from = 0, [], None
+    cfg = dataclasses.replace(cfg, run_dir=str(trial_dir / "run"))
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        resume_from = Path(checkpoint.path)
-        state_file = resume_from / REPEAT_FILE
-        if state_file.is_file():
-            st = json.loads(state_file.read_text())
-            repeat, finals = st["repeat"], st["finals"]
-            if st["repeat"] != st["ckpt_repeat"]:  # the checkpoint ended the previous seed: start the next
-                resume_from = None
-
-    carry = Carry(metrics, extra=_where_it_runs())
-    while repeat < repeats:
-        run_cfg = dataclasses.replace(cfg, seed=cfg.seed + repeat,
-                                      run_dir=str(trial_dir / ("run" if repeats == 1 else f"run_seed{repeat}")))
-        latest: dict = {}
-        own = latest_checkpoint(run_cfg.run_dir)  # what train() resumes from when Tune gives no checkpoint
-        if resume_from is None and own is None:
+    resume_from = Path(checkpoint.path) if checkpoint is not None else None
+    own = latest_checkpoint(cfg.run_dir)  # what train() resumes from when Tune gives no checkpoint
+    carry = Carry(sweep["metrics"], extra=_where_it_runs())
+    carry.extra["restored_from"] = str(resume_from or own or "")
+    if resume_from is None:
+        if own is None:
             # a restarted trial that never checkpointed starts over: drop the rows of its first attempt
-            Path(run_cfg.run_dir, "metrics.jsonl").unlink(missing_ok=True)
-        carry.extra["restored_from"] = str(resume_from or own or "")
+            Path(cfg.run_dir, "metrics.jsonl").unlink(missing_ok=True)
+        elif finished_run(cfg.run_dir, cfg.steps):
+            rows = _metric_rows(Path(cfg.run_dir) / "metrics.jsonl")
+            for row in rows:
+                carry.row.update(row)
+            out = carry({})
+            if out is not None:
+                tune.report(clean({**out, "skipped": True}))
+            return
+    keep = sweep.get("tune_checkpoints", True)
 
-        def report(step_metrics: dict, ckpt_dir, _r=repeat, _latest=latest, _steps=run_cfg.steps) -> None:
-            if metric in step_metrics:
-                _latest["v"] = step_metrics[metric]
-            out = carry(step_metrics)
-            if out is None:
-                return  # e.g. step 0 (validation only) before the first reward: merged into the next report
-            if repeats > 1:
-                done = finals + ([_latest["v"]] if "v" in _latest else [])
-                out[f"{metric}/seed{_r}"] = _latest.get("v")
-                out[metric] = sum(done) / len(done)  # running mean over the seeds so far
-                out["repeat"] = _r
-            ckpt = None
-            if ckpt_dir is not None:
-                if repeats > 1:
-                    final = step_metrics["step"] == _steps
-                    nxt = {"ckpt_repeat": _r, "repeat": _r + 1 if final else _r,
-                           "finals": [*finals, _latest["v"]] if final else finals}
-                    (Path(ckpt_dir) / REPEAT_FILE).write_text(json.dumps(nxt))
-                ckpt = tune.Checkpoint.from_directory(str(ckpt_dir))
-            tune.report(clean(out), checkpoint=ckpt)
+    def report(step_metrics: dict, ckpt_dir) -> None:
+        out = carry(step_metrics)
+        if out is None:
+            return  # e.g. step 0 (validation only) before the first reward: merged into the next report
+        ckpt = tune.Checkpoint.from_directory(str(ckpt_dir)) if ckpt_dir is not None and keep else None
+        tune.report(clean(out), checkpoint=ckpt)
 
-        train(run_cfg, report=report, resume_from=resume_from)
-        finals.append(latest.get("v", float("nan")))
-        repeat, resume_from = repeat + 1, None
+    train(cfg, report=report, resume_from=resume_from)
+
+
+def _metric_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def finished_run(run_dir: str | Path, steps: int) -> bool:
+    """A training run that is complete on disk: its newest checkpoint and its last metrics row are ``steps``."""
+    from verl_bench.train import latest_checkpoint
+
+    ckpt = latest_checkpoint(run_dir)
+    rows = _metric_rows(Path(run_dir) / "metrics.jsonl")
+    return ckpt is not None and ckpt.name == f"step_{steps:06d}" and bool(rows) and rows[-1].get("step") == steps
 
 
 # ------------------------------------------------------------------------------------------ the sweep
@@ -216,15 +216,6 @@ def _clamp_to_bounds(config: dict, bounds: list[tuple]) -> dict:
     return config
 
 
-def _trainable(spec: SweepSpec, path: Path):
-    from ray import tune
-
-    payload = {"base": spec.base, "metrics": spec.metrics, "seed_repeats": spec.seed_repeats, "cpu": spec.cpu,
-               "experiment_path": str(path)}
-    fn = tune.with_parameters(_trial, sweep=payload)
-    return tune.with_resources(fn, _trial_resources(spec))
-
-
 def _trial_resources(spec: SweepSpec) -> dict:
     """What Tune reserves for a trial's own process. Train workers reserve theirs when their run starts."""
     if spec.workers > 1 and spec.cpu == 0:
@@ -248,10 +239,47 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, storage: str | No
     """
     spec = load_sweep(space_path)
     check_resources(spec, address)
+    from verl_bench.plan_cli import check_sweep_plan
+
+    check_sweep_plan(spec)  # each trial's GPU memory plan (verl_bench/plan.py); a no-op without CUDA
     path = experiment_path(spec, storage, name)
     if resume and not path.is_dir():
         raise ConfigError(f"--resume: no sweep at {path}")
+    payload = {"base": spec.base, "metrics": spec.metrics, "cpu": spec.cpu, "experiment_path": str(path)}
+    return _fit(spec, path, payload, lambda: _param_space(spec), resume=resume, address=address,
+                progress_every_s=progress_every_s, search=lambda: (_search_alg(spec), _scheduler(spec)))
 
+
+def run_cells(spec: SweepSpec, cells: dict[str, dict], grid: dict[str, list], path: Path, *, resume: bool = False,
+              address: str | None = None, progress_every_s: float = 30.0):
+    """One Tune trial per cell of a full grid, e.g. model x arm x seed for a study. Returns the ResultGrid.
+
+    ``grid`` maps each dimension to its values; ``cells`` maps every combination, joined by "/" in the
+    grid's order (``"smollm2/verl/0"``), to a whole TrainConfig dict. Tune's grid search creates the trials (their
+    ``params.json`` holds the dims), ``spec`` gives metric, resources, concurrency and failures. Trials keep
+    no Tune checkpoints: each resumes from, or skips when complete, its own run in ``<trial>/run``. With
+    ``resume`` the experiment at ``path`` is restored when Tune saved it, else started again (the driver
+    died before Tune wrote its state: no trial had finished).
+    """
+    from ray import tune
+
+    import itertools
+
+    missing = ["/".join(map(str, combo)) for combo in itertools.product(*grid.values())
+               if "/".join(map(str, combo)) not in cells]
+    if missing:
+        raise ValueError(f"run_cells: no config for grid cell(s) {missing[:3]}")
+    payload = {"cells": cells, "cell_dims": list(grid), "metrics": spec.metrics, "cpu": spec.cpu,
+               "experiment_path": str(path), "tune_checkpoints": False}
+    restorable = resume and path.is_dir() and tune.Tuner.can_restore(str(path))
+    return _fit(spec, path, payload, lambda: {d: tune.grid_search(list(v)) for d, v in grid.items()},
+                resume=restorable, address=address, progress_every_s=progress_every_s,
+                search=lambda: (_search_alg(spec), None))
+
+
+def _fit(spec: SweepSpec, path: Path, payload: dict, param_space, *, resume: bool, address: str | None,
+         progress_every_s: float, search):
+    """Start (or join) Ray and fit a new Tuner, or restore the one at ``path`` (``resume``)."""
     from ray import tune
 
     from verl_bench.distributed import init_ray
@@ -259,7 +287,7 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, storage: str | No
     from verl_bench.sweep.progress import SweepProgress
 
     init_ray(address, dashboard=spec.workers > 1)  # see init_ray: Train-backed trials need the state API
-    trainable = _trainable(spec, path)
+    trainable = tune.with_resources(tune.with_parameters(_trial, sweep=payload), _trial_resources(spec))
     if resume:
         if not tune.Tuner.can_restore(str(path)):
             raise ConfigError(f"--resume: {path} holds no restorable Tune experiment")
@@ -268,12 +296,13 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, storage: str | No
 
     single = len(spec.metrics) == 1
     note = "" if single else f" (first of {len(spec.metrics)} metrics)"
+    search_alg, scheduler = search()
     tuner = tune.Tuner(
         trainable,
-        param_space=_param_space(spec),
+        param_space=param_space(),
         tune_config=tune.TuneConfig(
             metric=spec.metric if single else None, mode=spec.mode if single else None,
-            num_samples=spec.num_samples, search_alg=_search_alg(spec), scheduler=_scheduler(spec),
+            num_samples=spec.num_samples, search_alg=search_alg, scheduler=scheduler,
             # a plain trial's process is reused by the next trial (a few seconds saved per trial; the trial
             # keeps no state in module globals). A Train-backed trial's process only drives its workers.
             reuse_actors=spec.workers == 1,
@@ -314,14 +343,17 @@ def _describe(spec: SweepSpec) -> str:
     where = (f"{spec.workers} Ray Train workers per trial ({spec.base['ray']['cpus_per_worker']} CPU each"
              f"{', GPU' if spec.base['ray']['use_gpu'] else ''}) + {spec.cpu:g} CPU for the trial process"
              if spec.workers > 1 else f"{spec.cpu:g} CPU, {spec.gpu:g} GPU per trial (actors reused)")
-    return (f"{len(spec.space)} dimension(s), algo {spec.algo}, {spec.num_samples} sample(s) x "
-            f"{spec.seed_repeats} seed(s), scheduler {sched}, metric {objectives}; {where}; "
+    return (f"{len(spec.space)} dimension(s), algo {spec.algo}, {spec.num_samples} sample(s), "
+            f"scheduler {sched}, metric {objectives}; {where}; "
             f"first points: {spec.points_to_evaluate}")
 
 
 def _cmd_sweep(args) -> int:
     spec = load_sweep(args.space)
     check_resources(spec, args.address)
+    from verl_bench.plan_cli import check_sweep_plan
+
+    check_sweep_plan(spec)  # also for --dry-run
     if args.dry_run:
         print(f"{args.space}: ok -- {_describe(spec)}; results in {experiment_path(spec, args.storage, args.name)}")
         return 0
