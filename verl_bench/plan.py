@@ -127,8 +127,8 @@ def activation_bytes(a: Arch, rows: int, seq: int, response: int, compute: int, 
     layer = tokens * layer_activation_bytes(a, compute, autocast) + rows * seq * seq * compute
     body = a.layers * tokens * residual * a.hidden + layer if checkpointing else a.layers * layer
     per_token = 8 + 2 * a.dim * residual + (FP32 + compute) * a.hidden + 4  # ids, cos + sin, final norm
-    head_rows = rows * response * (residual * a.hidden + 16)  # + the row indices of the scored tokens
-    return body + tokens * per_token + head_rows
+    head_rows = rows * response * (residual * a.hidden + 16)  # + the indices of the scored tokens
+    return body + tokens * per_token + head_rows + 8 * rows
 
 
 def kv_cache_bytes(a: Arch, rows: int, tokens: int, compute: int) -> int:
