@@ -242,9 +242,6 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, storage: str | No
     from verl_bench.plan_cli import check_sweep_plan
 
     check_sweep_plan(spec)  # each trial's GPU memory plan (verl_bench/plan.py); a no-op without CUDA
-    from verl_bench.plan_cli import check_sweep_plan
-
-    check_sweep_plan(spec)  # each trial's GPU memory plan (verl_bench/plan.py); a no-op without CUDA
     path = experiment_path(spec, storage, name)
     if resume and not path.is_dir():
         raise ConfigError(f"--resume: no sweep at {path}")
@@ -354,9 +351,6 @@ def _describe(spec: SweepSpec) -> str:
 def _cmd_sweep(args) -> int:
     spec = load_sweep(args.space)
     check_resources(spec, args.address)
-    from verl_bench.plan_cli import check_sweep_plan
-
-    check_sweep_plan(spec)  # also for --dry-run
     from verl_bench.plan_cli import check_sweep_plan
 
     check_sweep_plan(spec)  # also for --dry-run
