@@ -9,7 +9,6 @@ pytest's tmp dirs.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -120,9 +119,7 @@ def test_tiny_spec_is_built_once_and_cached(tmp_path, monkeypatch, smollm2_tok):
     weights = path / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
 
-    t0 = time.perf_counter()
     again = resolve_model("tiny:reuse", cache_dir=tmp_path)
-    assert time.perf_counter() - t0 < 0.5
     assert again == path and weights.stat().st_mtime_ns == stamp
     assert models.BUILD_COUNTS["tiny"] == before + 1, "second resolve must not rebuild"
     assert not list((tmp_path / "models").glob(".*tmp-*")), "no temporary folders left behind"
@@ -221,9 +218,8 @@ def test_embedded_default_resolves_to_smollm2(shared_cache):
     assert (path / "model.safetensors").is_file()
 
     built = models.BUILD_COUNTS["smollm2"]
-    t0 = time.perf_counter()
     assert resolve_model(DEFAULT_MODEL, cache_dir=shared_cache) == path
-    assert time.perf_counter() - t0 < 0.5 and models.BUILD_COUNTS["smollm2"] == built
+    assert models.BUILD_COUNTS["smollm2"] == built  # reused, not rebuilt (no wall-clock bound: busy CI)
 
     model, tok = load_model(path)
     assert model.dtype == torch.float32 and tok.padding_side == "left"
