@@ -9,10 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from verl_bench.arithmetic import generate
 from verl_bench.data import (
+    BENCHMARKS,
     DATA_ENV,
     DATASETS,
+    HELD_OUT,
     DataError,
+    DatasetSpec,
     arithmetic_problems,
     load_problems,
     load_problems_with_stats,
@@ -250,6 +254,31 @@ def test_registry_covers_all_sets():
     assert DATASETS["gsm8k"].hub_id == "openai/gsm8k"
 
 
+def test_the_answer_form_says_where_the_gold_is():
+    """One record field per set, read as its registry row's answer form says (the gold audit reads the same)."""
+    rat = "3 + 4 = 1,007\n#### 1,007"
+    assert DATASETS["gsm8k"].stored_answer({"answer": rat}) == "1,007"
+    assert DATASETS["gsm8k"].gold({"answer": rat}) == "1007"  # a comma after "####" separates thousands
+    assert DATASETS["gsm8k"].gold({"answer": "no marker"}) is None
+    sol = "so $x=\\boxed{\\frac{1}{2}}$ and finally \\boxed{27.0}"
+    assert DATASETS["minerva_math"].stored_answer({"solution": sol}) == "27.0"
+    assert DATASETS["minerva_math"].gold({"solution": sol}) == "27"
+    assert DATASETS["olympiadbench"].gold({"final_answer": ["$3$", "$4$"]}) == "3, 4"
+    mix = DATASETS["gaokao2024_mix"]
+    assert mix.gold({"answer": "10 i", "choice_answer": " A "}) == "A"
+    assert mix.gold({"answer": "$2$", "choice_answer": ""}) == "2"
+    assert DATASETS["aime25"].gold({"answer": "336^\\circ"}) == "336"
+    with pytest.raises(ValueError, match="answer_form"):
+        DatasetSpec("x", "x/test.jsonl", answer_form="last line")
+
+
+def test_evaluation_sets_come_from_the_registry():
+    assert BENCHMARKS == ("gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "aime25", "amc23",
+                          "amc24", "gaokao2023en", "gaokao2024_I", "gaokao2024_II", "gaokao2024_mix")
+    assert HELD_OUT == ("arithmetic_test", *(f"arithmetic_test_l{i}" for i in range(4)))
+    assert all(DATASETS[n].split == "train" for n in DATASETS if n not in BENCHMARKS + HELD_OUT)
+
+
 # ---------------------------------------------------------------------------------------- prompts
 
 
@@ -330,6 +359,16 @@ def test_arithmetic_answers_are_right(level):
         assert all("*" in p.meta["expression"] for p in probs)
     if level == "mixed":
         assert {p.level for p in probs} == {1, 2, 3}
+
+
+def test_the_generator_gives_plain_items_the_problems_wrap():
+    items = generate(20, seed=4, level="mixed", split="test")
+    probs = arithmetic_problems(20, seed=4, level="mixed", split="test")
+    assert [(i.question, str(i.answer), i.level) for i in items] == [(p.question, p.gold, p.level) for p in probs]
+    assert [p.id for p in probs] == [f"arith-Lm-s4-{i.index}" for i in items]
+    assert all(eval(i.expression, {}) == i.answer for i in items)  # our own "a * b - c" strings
+    with pytest.raises(ValueError, match="level"):
+        generate(1, level=4)
 
 
 def test_arithmetic_is_deterministic_with_stable_ids():
