@@ -478,12 +478,8 @@ def _load_file(spec: DatasetSpec, root: Path) -> tuple[list[Problem], LoadStats]
     return problems, stats
 
 
-def load_problems_with_stats(
-    name: str,
-    data_root: str | os.PathLike | None = None,
-    limit: int | None = None,
-    split_seed: int | None = None,
-) -> tuple[list[Problem], LoadStats]:
+def load_problems_with_stats(name: str, data_root: str | os.PathLike | None = None, limit: int | None = None,
+                             split_seed: int | None = None) -> tuple[list[Problem], LoadStats]:
     """Like :func:`load_problems`, also returning the :class:`LoadStats` (skipped records)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
@@ -504,12 +500,8 @@ def load_problems_with_stats(
     return problems, stats
 
 
-def load_problems(
-    name: str,
-    data_root: str | os.PathLike | None = None,
-    limit: int | None = None,
-    split_seed: int | None = None,
-) -> list[Problem]:
+def load_problems(name: str, data_root: str | os.PathLike | None = None, limit: int | None = None,
+                  split_seed: int | None = None) -> list[Problem]:
     """Load a registered set as a list of :class:`Problem`.
 
     ``split_seed`` shuffles deterministically before ``limit`` is applied (so ``limit`` with a seed is a
