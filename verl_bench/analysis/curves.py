@@ -1,0 +1,72 @@
+"""pass@k and maj@k curves with intervals: a per-problem, per-seed value, then the accuracy machinery of
+``stats`` (the same problem and seed terms as an accuracy).
+
+pass@k per problem and seed is the unbiased estimator 1 - C(n-c, k)/C(n, k) from its n samples; maj@k is
+1 when the most frequent extracted answer among the first k samples (ties: the first seen) is correct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import pandas as pd
+
+from verl_bench.analysis import stats
+from verl_bench.evaluate.metrics import majority_vote, pass_at_k
+
+KEYS = ["model", "arm", "benchmark", "seed", "step", "problem"]
+
+
+def _curve(values: pd.DataFrame, ks: Sequence[int], level: float) -> pd.DataFrame:
+    """values: KEYS + k + value rows -> one interval per model x arm x benchmark x k."""
+    rows = []
+    for (model, arm, bench, k), g in values.groupby(["model", "arm", "benchmark", "k"], sort=False):
+        y, seeds, problems, _ = stats.seed_problem_matrix(g, model, arm, bench, value="value")
+        trained = arm != stats.UNTRAINED
+        r = stats.arm_interval([y], level, seeds_vary=trained)
+        rows.append({"model": model, "arm": arm, "benchmark": bench, "k": int(k), "mean": float(r["mean"]),
+                     "ci_low": float(r["ci_low"]), "ci_high": float(r["ci_high"]), "se": float(r["se"]),
+                     "df": float(r["df"]), "n_seeds": len(seeds), "n_problems": len(problems),
+                     "seed_variance_measured": len(seeds) >= 2 or not trained})
+    cols = ["model", "arm", "benchmark", "k", "mean", "ci_low", "ci_high", "se", "df", "n_seeds", "n_problems",
+            "seed_variance_measured"]
+    return pd.DataFrame(rows, columns=cols).sort_values(["model", "arm", "benchmark", "k"], kind="stable",
+                                                         ignore_index=True)
+
+
+def _per_problem(frame: pd.DataFrame, ks: Sequence[int], value: Callable) -> pd.DataFrame:
+    """One row per problem x seed x k (k <= the problem's samples): ``value(group sorted by sample, k)``."""
+    out = []
+    for key, g in frame.sort_values("sample").groupby(KEYS, sort=False):
+        for k in ks:
+            if k <= len(g):
+                out.append((*key, k, value(g, k)))
+    return pd.DataFrame(out, columns=[*KEYS, "k", "value"])
+
+
+def pass_at_k_curve(frame: pd.DataFrame, ks: Sequence[int], level: float = 0.95) -> pd.DataFrame:
+    def value(g, k):
+        return pass_at_k(len(g), round(g["correct"].sum()), k)
+
+    return _curve(_drop_short(_per_problem(frame, ks, value), frame), ks, level)
+
+
+def maj_at_k_curve(frame: pd.DataFrame, ks: Sequence[int], level: float = 0.95) -> pd.DataFrame:
+    def value(g, k):
+        answers = [a if isinstance(a, str) and a else None for a in g["answer"].iloc[:k]]
+        winner = majority_vote(answers)
+        return float(winner is not None and g["correct"].iloc[winner] > 0)
+
+    return _curve(_drop_short(_per_problem(frame, ks, value), frame), ks, level)
+
+
+def _drop_short(values: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep a k for a model x arm x benchmark only where every problem of every seed has >= k samples (a curve
+    point over a subset of the problems would not be comparable with its neighbours)."""
+    n = frame.groupby(["model", "arm", "benchmark", "seed", "step", "problem"])["sample"].size()
+    fewest = n.groupby(["model", "arm", "benchmark"]).min().rename("fewest").reset_index()
+    merged = values.merge(fewest, on=["model", "arm", "benchmark"])
+    return merged[merged["k"] <= merged["fewest"]].drop(columns="fewest")
+
+
+__all__ = ["maj_at_k_curve", "pass_at_k_curve"]

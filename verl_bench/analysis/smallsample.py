@@ -1,0 +1,81 @@
+"""Exact and score methods for small benchmarks (< 50 problems) with one training seed per arm.
+
+``wilson``: the Wilson score interval of a proportion. ``newcombe_paired``: Newcombe's (1998, method 10)
+hybrid score interval of a difference of paired proportions (one 0/1 outcome per problem per arm).
+``sign_flip_p``: the exact two-sided sign-flip permutation p-value of a mean paired difference (under "no
+difference" each problem's difference is as likely to have either sign); with 0/1 outcomes it is the exact
+sign (McNemar) test on the discordant problems.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+from scipy import stats as sps
+
+MAX_GRID = 2_000_000  # largest sum of scaled |differences| enumerated exactly; beyond it: Monte Carlo
+
+
+def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of k successes in n trials."""
+    if n <= 0:
+        return math.nan, math.nan
+    z = sps.norm.ppf(0.5 + level / 2)
+    p = k / n
+    center = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def newcombe_paired(xa, xb, level: float = 0.95) -> tuple[float, float]:
+    """Interval of mean(xa) - mean(xb) for paired 0/1 outcomes (Newcombe 1998, method 10: each margin's
+    Wilson interval, combined with the phi correlation of the pairs)."""
+    xa, xb = np.asarray(xa, bool), np.asarray(xb, bool)
+    n = len(xa)
+    a, b = int((xa & xb).sum()), int((xa & ~xb).sum())
+    c, d = int((~xa & xb).sum()), int((~xa & ~xb).sum())
+    p1, p2 = (a + b) / n, (a + c) / n
+    l1, u1 = wilson(a + b, n, level)
+    l2, u2 = wilson(a + c, n, level)
+    margins = (a + b) * (c + d) * (a + c) * (b + d)
+    phi = (a * d - b * c) / math.sqrt(margins) if margins > 0 else 0.0
+    diff = p1 - p2
+    lo = diff - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
+    hi = diff + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
+    return max(-1.0, lo), min(1.0, hi)
+
+
+def _scale(d: np.ndarray) -> int | None:
+    """The smallest K with d * K integral (d are means over a few samples), or None when it is too fine."""
+    k = 1
+    for x in np.unique(np.abs(d)):
+        k = math.lcm(k, Fraction(float(x)).limit_denominator(1000).denominator)
+        if k * np.abs(d).sum() > MAX_GRID:
+            return None
+    return k
+
+
+def sign_flip_p(d, n_draws: int = 200_000, seed: int = 0) -> float:
+    """Two-sided p of P(|sum eps_i d_i| >= |sum d_i|) over independent random signs eps_i: exact (the
+    distribution of the signed sum, by convolution on the grid the differences live on), or from
+    ``n_draws`` random sign vectors when the grid is too fine."""
+    d = np.asarray(d, float)
+    d = d[d != 0]
+    if len(d) == 0:
+        return 1.0
+    k = _scale(d)
+    if k is None:
+        rng = np.random.default_rng(seed)
+        signs = rng.choice((-1.0, 1.0), size=(n_draws, len(d)))
+        return float((np.abs(signs @ d) >= abs(d.sum()) - 1e-12).mean())
+    ints = np.rint(np.abs(d) * k).astype(int)
+    total = int(ints.sum())
+    dist = np.zeros(2 * total + 1)
+    dist[total] = 1.0  # index total = a signed sum of 0
+    for v in ints:
+        dist = 0.5 * (np.roll(dist, v) + np.roll(dist, -v))  # no wrap: |sum| never exceeds total
+    observed = abs(int(np.rint(d.sum() * k)))
+    sums = np.arange(-total, total + 1)
+    return float(min(1.0, dist[np.abs(sums) >= observed].sum()))
