@@ -216,3 +216,48 @@ resources: {{cpu: 1, gpu: 0.5}}
         plan_cli.check_sweep_plan(spec)
     sweep.write_text(sweep.read_text().replace("16384]", "1024]"))
     plan_cli.check_sweep_plan(load_sweep(sweep))  # fits
+
+
+def _fsdp_worker(rank: int, port: int, out_dir: str) -> None:
+    """FSDP2 over 2 gloo processes, bf16 compute over fp32 shards: one AdamW step, then this rank's bytes."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model = _model(_config("qwen2", 2))
+        policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for layer in model.model.layers:
+            fully_shard(layer, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+        ids = torch.randint(0, 300, (2, 16), generator=torch.Generator().manual_seed(rank))
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        local = lambda t: t.to_local() if hasattr(t, "to_local") else t
+        nbytes = lambda ts: sum(local(t).numel() * local(t).element_size() for t in ts)
+        sizes = {"weights": nbytes(model.parameters()), "gradients": nbytes(p.grad for p in model.parameters()),
+                 "optimizer": nbytes(t for s in opt.state.values() for t in s.values() if t.numel() > 1),
+                 "dtypes": sorted({str(local(p).dtype) for p in model.parameters()})}
+        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(sizes))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_fsdp_shards_hold_the_planned_bytes_per_rank(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_fsdp_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    cfg = load_config(None, ["ray.num_workers=2"])
+    plan = plan_memory(arch_from_config(_config("qwen2", 2).to_dict()), workload(cfg, 2), "fsdp")
+    for rank in (0, 1):
+        real = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert real["dtypes"] == ["torch.float32"]  # the shards are the fp32 master weights
+        for key in ("weights", "gradients", "optimizer"):
+            assert abs(plan.term(key).bytes - real[key]) <= 0.05 * real[key], (rank, key, plan.term(key).bytes, real)
