@@ -167,6 +167,9 @@ def test_check_plan_does_nothing_on_a_cpu_machine_unless_told_the_gpus():
     assert not torch.cuda.is_available()
     assert check_plan(load_config(PAPER)) is None
     assert check_plan(load_config(PAPER), gpu_memory_gb=80, strategy="fsdp") is not None
+    # a model the plan cannot count is trained anyway (with a warning), not refused
+    unknown = dataclasses.replace(load_config(PAPER), model="nobody/no-such-model")
+    assert check_plan(unknown, gpus=8, gpu_memory_gb=80) is None
 
 
 def test_arch_sources(tmp_path):

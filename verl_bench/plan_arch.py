@@ -22,11 +22,15 @@ KNOWN_FILE = Path(__file__).resolve().parent / "plan_models.yaml"
 LAYOUTS = ("llama", "qwen2", "mistral")  # RMSNorm + GQA attention + SwiGLU MLP, as plan.layer_params counts
 
 
+class UnknownArchitecture(ConfigError):
+    """The model's architecture cannot be had or is not one the plan counts (the pre-launch check skips it)."""
+
+
 def arch_from_config(cfg: dict, name: str = "", source: str = "") -> Arch:
     """An :class:`Arch` from a config.json mapping; refuses layouts the plan does not count."""
     kind = cfg.get("model_type", "")
     if kind not in LAYOUTS:
-        raise ConfigError(f"{source or name}: model_type {kind!r}: the memory plan counts {list(LAYOUTS)} layouts")
+        raise UnknownArchitecture(f"{source or name}: model_type {kind!r}: the memory plan counts {list(LAYOUTS)} layouts")
     heads = cfg["num_attention_heads"]
     bias = bool(cfg.get("attention_bias", False))
     return Arch(
@@ -83,7 +87,7 @@ def model_arch(spec: str, cache_dir: str | None = None) -> Arch:
     online = None if models._hub_offline() else _hub_config(text, local_only=False)
     if online is not None:
         return _read(online.parent, text)
-    raise ConfigError(f"model {spec!r}: no local config.json and not in {KNOWN_FILE.name} (known: "
+    raise UnknownArchitecture(f"model {spec!r}: no local config.json and not in {KNOWN_FILE.name} (known: "
                       f"{sorted(known_models())}); give a local model folder or add its architecture there")
 
 

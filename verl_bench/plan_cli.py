@@ -9,9 +9,11 @@ the GPUs it will run on; on a machine without CUDA it does nothing unless told t
 
 from __future__ import annotations
 
+import sys
+
 from verl_bench.config import ConfigError
 from verl_bench.plan import GB, STRATEGIES, format_plans, plan_memory, verdict, workload
-from verl_bench.plan_arch import model_arch
+from verl_bench.plan_arch import UnknownArchitecture, model_arch
 
 DEFAULT_GPU_GB = 80.0  # the paper's GPUs; used by `plan` when no GPU is visible and no --gpu-memory given
 PROMPT_TOKENS = 512  # padded prompt length the plan assumes (not in the config)
@@ -47,7 +49,11 @@ def check_plan(cfg, gpus: int | None = None, gpu_memory_gb: float | None = None,
         return None
     capacity = gpu_memory_gb * GB if gpu_memory_gb else local_gpu_bytes() or DEFAULT_GPU_GB * GB
     strategy = strategy or getattr(cfg.ray, "strategy", "ddp")
-    plans = plans_for(cfg, gpus)
+    try:
+        plans = plans_for(cfg, gpus)
+    except UnknownArchitecture as e:  # a model the plan cannot count is not refused for it
+        print(f"warning: no memory plan: {e}", file=sys.stderr)
+        return None
     plan = next(p for p in plans if p.strategy == strategy)
     if not plan.fits(capacity):
         raise ConfigError(f"memory plan for {cfg.model} on {plan.work.gpus} GPU(s): {verdict(plan, capacity, plans)} "
