@@ -136,10 +136,11 @@ def test_best_checkpoint_needs_every_checkpoint_and_validation(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ running (Ray)
-def _digest(folder: Path) -> dict[str, str]:
-    """Content hash of every file under ``folder`` (what a rerun must leave untouched)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+def _digest(run: Path) -> dict[str, str]:
+    """Content hash of every file of a training run (what a rerun must leave untouched); the evaluation's
+    files, which land beside the checkpoint later, are not the run's."""
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run.rglob("*")) if p.is_file() and "eval" not in p.relative_to(run).parts}
 
 
 def _run_until(cmd: list[str], env: dict, log: Path, done, timeout: float = 300.0) -> None:

@@ -44,8 +44,8 @@ def describe(spec: StudySpec, storage: str | None = None) -> str:
     n = len(spec.trials)
     ray_cfg = spec.base["ray"]
     if spec.workers > 1:
-        per = (f"{spec.workers} Ray Train workers x {ray_cfg['cpus_per_worker']} CPU"
-               f"{' + 1 GPU' if ray_cfg['use_gpu'] else ''} each, + {spec.cpu:g} CPU for the trial process")
+        per = (f"{spec.workers} Ray Train workers x ({ray_cfg['cpus_per_worker']} CPUs"
+               f"{' + 1 GPU' if ray_cfg['use_gpu'] else ''}), + {spec.cpu:g} CPU for the trial process")
         gpus = spec.workers if ray_cfg["use_gpu"] else 0
     else:
         per = f"{spec.cpu:g} CPU, {spec.gpu:g} GPU"
@@ -58,7 +58,7 @@ def describe(spec: StudySpec, storage: str | None = None) -> str:
         "  models: " + ", ".join(f"{m.key} ({m.spec}, template {m.template})" for m in spec.models),
         "  arms: " + ", ".join(f"{a} {o or '{}'}" for a, o in spec.arms.items()),
         f"  seeds: {spec.seeds}",
-        f"  per trial: {per}; {gpus * n:g} GPU-trials in all, {gpus * spec.max_concurrent:g} GPU(s) at once",
+        f"  per trial: {per}; {gpus * spec.max_concurrent:g} GPU(s) busy at once ({spec.max_concurrent} trial(s))",
         f"  evaluation: {evals} model(s) ({spec.checkpoint} checkpoint of each trial"
         f"{' + the base models' if spec.evaluate_base else ''}) x {len(spec.benchmarks)} benchmark(s) "
         f"{spec.benchmarks}, preset {p.name} ({p.key()}: n={p.n}, k={list(p.ks)}, T={p.temperature:g})"
