@@ -90,8 +90,8 @@ def test_bad_search_scheduler_and_resources(tmp_path):
         load_sweep(_write(tmp_path, scheduler={"kind": "asha", "grace_period": 5, "max_t": 3}))
     with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: metric: unknown metric 'reward_mean' \(did you mean 'reward/mean'\?\)"):
         load_sweep(_write(tmp_path, metric="reward_mean"))
-    with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: seed_repeats: .*use scheduler kind none"):
-        load_sweep(_write(tmp_path, seed_repeats=2))
+    with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: seed_repeats: .*make the seed a grid dimension"):
+        load_sweep(_write(tmp_path, seed_repeats=2))  # gone: seeds are a grid dimension (or a study's)
     with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: resources.gpu: expected a number"):
         load_sweep(_write(tmp_path, resources={"cpu": 1, "gpu": -1}))
     import torch
@@ -115,8 +115,6 @@ def test_train_worker_trials_are_validated(tmp_path):
                         cpus=2)
     with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: resources.gpu: .*take GPUs through ray.use_gpu"):
         load_sweep(_write(tmp_path, base=TRAIN_BASE, resources={"cpu": 0, "gpu": 1}))
-    with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: seed_repeats: .*Ray Train workers"):
-        load_sweep(_write(tmp_path, base=TRAIN_BASE, scheduler={"kind": "none"}, seed_repeats=2))
     with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: resources.cpu: expected a number > 0, got 0 \(cpu 0 "):
         load_sweep(_write(tmp_path, resources={"cpu": 0}))  # a one-process trial needs its CPU
     with pytest.raises(ConfigError, match=r"sweep.yaml:\d+: space.ray.num_workers: ray.\* keys .* fixed"):
@@ -133,8 +131,6 @@ def test_train_worker_trials_are_validated(tmp_path):
     ({"metric": ["rank/er", "response_length"], "mode": ["max", "least"]}, r"mode: must be max or min"),
     ({"metric": ["rank/er", "response_length"], "mode": ["max", "min"], "search": {"algo": "random"}},
      r"metric: a list of metrics is a multi-objective search, which needs search.algo optuna"),
-    ({"metric": ["rank/er", "response_length"], "mode": ["max", "min"], "seed_repeats": 2,
-      "scheduler": {"kind": "none"}}, r"seed_repeats: seed_repeats averages one metric"),
     ({"metric": "val/accuracy", "base": {**TINY_BASE, "data": {**TINY_BASE["data"], "eval_size": 0}}},
      r"metric: val/\* metrics come from the held-out validation"),
 ])
@@ -303,26 +299,28 @@ def test_multi_objective_optuna_sweep(tmp_path, local_ray):
 
 
 @pytest.mark.slow
-def test_grid_sweep_with_seed_repeats(tmp_path, local_ray):
+def test_grid_sweep_over_seeds(tmp_path, local_ray):
+    """The seed is a grid dimension like any key: one trial per (mode, seed), each with its own run."""
     import ray
 
     from verl_bench.sweep import run_sweep
 
     base = {**TINY_BASE, "steps": 2}
     try:
-        grid = run_sweep(_write(tmp_path, base=base, space={"shaping.mode": {"grid": ["meta", "sum"]}},
-                                search={"algo": "grid"}, scheduler={"kind": "none"}, seed_repeats=2,
-                                max_concurrent=2, num_samples=1))
+        grid = run_sweep(_write(tmp_path, base=base, space={"shaping.mode": {"grid": ["meta", "sum"]},
+                                                            "seed": {"grid": [0, 1]}},
+                                search={"algo": "grid"}, scheduler={"kind": "none"}, max_concurrent=2,
+                                num_samples=1))
     finally:
         ray.shutdown()  # the next test starts its own Ray in a subprocess
-    assert len(grid) == 2 and not grid.errors
-    assert sorted(r.config["shaping"]["mode"] for r in grid) == ["meta", "sum"]
+    assert len(grid) == 4 and not grid.errors
+    assert sorted((r.config["shaping"]["mode"], r.config["seed"]) for r in grid) == [
+        ("meta", 0), ("meta", 1), ("sum", 0), ("sum", 1)]
+    by_seed = {}
     for r in grid:
-        seeds = [r.metrics_dataframe[f"rank/er/seed{i}"].dropna().iloc[-1] for i in (0, 1)]
-        assert r.metrics["rank/er"] == pytest.approx(sum(seeds) / 2)  # the mean over the seeds
-        assert seeds[0] != seeds[1]
-        for i in (0, 1):
-            assert _rows(Path(r.path) / f"run_seed{i}" / "metrics.jsonl") == [0, 1, 2]
+        assert _rows(Path(r.path) / "run" / "metrics.jsonl") == [0, 1, 2]
+        by_seed.setdefault(r.config["shaping"]["mode"], []).append(r.metrics["rank/er"])
+    assert all(a != b for a, b in by_seed.values())  # different seeds, different runs
 
 
 def _rows(path: Path) -> list[int]:

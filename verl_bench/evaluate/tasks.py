@@ -18,8 +18,14 @@ from verl_bench.reward import DEFAULT_TIMEOUT_S, grade_batch
 
 BENCHMARKS = ("gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "aime25", "amc23", "amc24",
               "gaokao2023en", "gaokao2024_I", "gaokao2024_II", "gaokao2024_mix")
+# the procedural arithmetic held-out sets (disjoint from the training splits): what the CPU demo can learn
+HELD_OUT = ("arithmetic_test", "arithmetic_test_l0", "arithmetic_test_l1", "arithmetic_test_l2",
+            "arithmetic_test_l3")
+EVAL_SETS = BENCHMARKS + HELD_OUT  # every name ``check_benchmarks`` accepts; "all" means BENCHMARKS
 GROUP = "verl_math"
-TASK_VERSION = 1  # bump when prompts or scoring change: it is recorded in every results file
+TASK_VERSION = 2  # bump when prompts or scoring change: it is recorded in every results file
+# 2: every sample's grade ({"correct", "answer"}) is logged per problem under GRADES in the samples JSONL
+GRADES = "grades"
 
 # Stop strings per template beyond the tokenizer's EOS (lm-eval adds that itself): the end of an assistant
 # turn for the chat-style templates, the next few-shot-style header for abel.
@@ -38,9 +44,9 @@ def metric_names(preset: EvalPreset) -> list[str]:
 
 
 def check_benchmarks(benchmarks) -> list[str]:
-    unknown = [b for b in benchmarks if b not in BENCHMARKS]
+    unknown = [b for b in benchmarks if b not in EVAL_SETS]
     if unknown:
-        raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(EVAL_SETS)}")
     return list(dict.fromkeys(benchmarks))
 
 
@@ -50,6 +56,11 @@ def build_docs(benchmark: str, template: str, tokenizer: Any = None, data_root=N
     problems = data_lib.load_problems(benchmark, data_root=data_root, limit=limit)
     return [{"id": p.id, "question": p.question, "gold": p.gold,
              "prompt": data_lib.render_prompt(template, p.question, tokenizer)} for p in problems]
+
+
+def mean_sample_accuracy(per_problem: list[list[dict]]) -> float:
+    """lm-eval aggregation of the GRADES lists: the mean over problems of each problem's sample accuracy."""
+    return sum(sum(g["correct"] for g in gs) / len(gs) for gs in per_problem) / max(len(per_problem), 1)
 
 
 def make_process_results(preset: EvalPreset, timeout_s: float = DEFAULT_TIMEOUT_S):
@@ -63,7 +74,10 @@ def make_process_results(preset: EvalPreset, timeout_s: float = DEFAULT_TIMEOUT_
             raise RuntimeError(f"{doc.get('id')}: expected {preset.n} responses, got {len(responses)}")
         grades = grade_batch(responses, [doc["gold"]] * len(responses), timeout_s)
         m = problem_metrics([g.answer for g in grades], [g.correct for g in grades], preset.ks)
-        return {k: v for k, v in m.items() if k in keep}
+        out = {k: v for k, v in m.items() if k in keep}
+        # every sample's own grade, so the per-sample table (verl_bench.analysis.frame) needs no re-grading
+        out[GRADES] = [{"correct": float(g.correct), "answer": g.answer} for g in grades]
+        return out
 
     return process_results
 
@@ -91,7 +105,10 @@ def task_config(benchmark: str, preset: EvalPreset, docs: list[dict], template: 
         "filter_list": [{"name": "all", "filter": [{"function": "take_first_k", "k": preset.n}]}],
         "process_results": make_process_results(preset, timeout_s),
         "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True}
-                        for m in metric_names(preset)],
+                        for m in metric_names(preset)]
+                       # lists of per-sample grades: aggregated to the mean sample accuracy (= avg@n), which
+                       # ``run.read_results`` leaves out of the tidy rows
+                       + [{"metric": GRADES, "aggregation": mean_sample_accuracy, "higher_is_better": True}],
         "metadata": {"version": TASK_VERSION, "benchmark": benchmark, "template": template,
                      "preset": preset.name, "protocol": preset.key(), "problems": len(docs)},
     }

@@ -22,13 +22,12 @@ SCHEDULER_KEYS = {  # the keys each scheduler kind reads besides `kind`
     "pbt": ("perturbation_interval", "hyperparam_mutations", "quantile_fraction", "resample_probability"),
     "none": (),
 }
-TOP_KEYS = ("base", "space", "search", "scheduler", "metric", "mode", "num_samples", "seed_repeats",
-            "resources", "max_concurrent", "max_failures", "name", "storage")
+TOP_KEYS = ("base", "space", "search", "scheduler", "metric", "mode", "num_samples", "resources",
+            "max_concurrent", "max_failures", "name", "storage")
 # what verl_bench.train.train reports (val/* only at eval steps and the last step)
 KNOWN_METRICS = ("reward/mean", "reward/std", "accuracy", "response_length", "rank/er", "rank/erv", "rank/era",
                  "verl/beta_mean", "verl/phi_mean", "verl/frac_shaped", "verl/lambda", "loss", "kl", "entropy",
                  "clip_frac", "grad_norm", "tokens_per_s", "val/accuracy", "val/response_length")
-REPEAT_FILE = "sweep_repeat.json"  # inside a Tune checkpoint when seed_repeats > 1
 # Keys PBT may change when it restarts a trial from another trial's checkpoint: train() reads them afresh at
 # every (re)start and the checkpoint holds nothing that depends on them (it re-applies lr and weight decay
 # after loading the optimizer state). Every other key fixes what a checkpoint means (model, data, seed,
@@ -73,7 +72,6 @@ class SweepSpec:
     metric: str | list[str] = "val/accuracy"  # a list: multi-objective (Optuna only)
     mode: str | list[str] = "max"
     num_samples: int = 1
-    seed_repeats: int = 1
     cpu: float = 1.0  # per trial: its own process (with ray.num_workers > 1, the driver of its Train workers)
     gpu: float = 0.0
     max_concurrent: int = 1
@@ -137,6 +135,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
     def fail(key: str, why: str):
         raise ConfigError(f"{where(key)}: {why}")
 
+    if "seed_repeats" in raw:
+        fail("seed_repeats", "seed repeats inside a trial are gone: make the seed a grid dimension "
+                             "(space: {seed: {grid: [0, 1, 2]}}, the report aggregates seeds) or write a study "
+                             "file (studies/*.yaml: models x arms x seeds)")
     for key in raw:
         if key not in TOP_KEYS:
             close = difflib.get_close_matches(str(key), TOP_KEYS, n=1)
@@ -157,7 +159,6 @@ def load_sweep(path: str | Path) -> SweepSpec:
         return v
 
     spec.num_samples = integer("num_samples", 1, 1)
-    spec.seed_repeats = integer("seed_repeats", 1, 1)
     spec.max_concurrent = integer("max_concurrent", 1, 1)
     spec.max_failures = integer("max_failures", -1, 0)
     spec.metric, spec.mode = _parse_objectives(raw.get("metric", spec.metric), raw.get("mode", spec.mode), fail)
@@ -187,8 +188,6 @@ def load_sweep(path: str | Path) -> SweepSpec:
         if spec.algo != "optuna":
             fail("metric", "a list of metrics is a multi-objective search, which needs search.algo optuna "
                            f"(search.algo {spec.algo} does not use the metric): name one metric")
-        if spec.seed_repeats > 1:
-            fail("seed_repeats", "seed_repeats averages one metric over seeds: name one metric")
     _parse_scheduler(spec, raw, where, fail)
     _parse_resources(spec, raw, fail)
     return spec
@@ -278,9 +277,6 @@ def _parse_scheduler(spec: SweepSpec, raw: dict, where, fail) -> None:
             fail(f"scheduler.{k}", f"expected an integer >= 1 (training steps), got {v!r}")
     if spec.grace_period > spec.max_t:
         fail("scheduler.grace_period", f"must be <= max_t ({spec.max_t})")
-    if spec.scheduler == "asha" and spec.seed_repeats > 1:
-        fail("seed_repeats", "seed_repeats > 1 runs seeds one after another inside a trial; ASHA would "
-                             "compare steps of different seeds: use scheduler kind none")
     if spec.scheduler == "pbt":
         _parse_pbt(spec, sched, raw, where, fail)
 
@@ -291,9 +287,6 @@ def _parse_pbt(spec: SweepSpec, sched: dict, raw: dict, where, fail) -> None:
     if spec.algo == "optuna":
         fail("search.algo", "PBT explores by mutating its population's configs and Tune does not combine it "
                             "with a searcher: use search.algo random (or grid)")
-    if spec.seed_repeats > 1:
-        fail("seed_repeats", "PBT moves checkpoints between trials; seed repeats inside a trial cannot follow: "
-                             "use seed_repeats 1")
     if spec.workers > 1:
         fail("base", "PBT needs Tune checkpoints, which trials with Ray Train workers (ray.num_workers > 1) do "
                      "not give Tune: use ray.num_workers: 1, or scheduler kind asha/none")
@@ -365,9 +358,6 @@ def _parse_resources(spec: SweepSpec, raw: dict, fail) -> None:
         if spec.gpu > 0:
             fail("resources.gpu", "with ray.num_workers > 1 a trial's own process only drives its Train workers, "
                                   "which take GPUs through ray.use_gpu: leave resources.gpu at 0")
-        if spec.seed_repeats > 1:
-            fail("seed_repeats", "seed repeats run inside one trial process; with Ray Train workers "
-                                 "(ray.num_workers > 1) use seed_repeats 1 and sweep the seed instead")
     elif spec.base["ray"]["use_gpu"] and spec.gpu == 0:
         fail("resources.gpu", "the base config sets ray.use_gpu but the trials ask for no GPU")
 
