@@ -96,7 +96,7 @@ def test_per_layer_activation_bytes_equal_what_autograd_saves(layout, mode, padd
     measured = {}
     for layers in (1, 3):
         model = _model(_config(layout, layers), dtype)
-        measured[layers] = _saved_bytes(model, lambda: _score(model, padded=padded, autocast=autocast))
+        measured[layers] = _saved_bytes(model, lambda m=model: _score(m, padded=padded, autocast=autocast))
     per_layer = (measured[3] - measured[1]) / 2
     arch = arch_from_config(_config(layout).to_dict())
     expected = 4 * 64 * layer_activation_bytes(arch, compute, autocast, masked=padded)

@@ -2,7 +2,8 @@
 
 Pure functions, no torch: :class:`Arch` (the numbers of a decoder-only transformer's config),
 :func:`param_count` (exact for Llama / Qwen2 / Mistral layouts), :func:`plan_memory` (one
-:class:`MemoryPlan` per strategy) and :func:`format_plans` (the table ``verl-bench plan`` prints).
+:class:`MemoryPlan` per strategy, its peak and whether it fits). The table, the verdicts and the checks
+``train`` and ``sweep`` run are in verl_bench/plan_cli.py.
 
 What is assumed (printed under the table):
 
@@ -221,7 +222,7 @@ def plan_memory(a: Arch, w: Workload, strategy: str) -> MemoryPlan:
     n, c = param_count(a), w.compute_bytes
     shard = w.gpus if strategy == "fsdp" else 1
     low = c < FP32  # a separate compute / rollout copy exists only when computing below fp32
-    seq = w.prompt_tokens + w.max_new_tokens
+    seq, eval_seq = w.prompt_tokens + w.max_new_tokens, w.prompt_tokens + w.eval_new_tokens
     act = lambda ckpt: activation_bytes(a, w.micro_rows, seq, w.max_new_tokens, c, strategy == "ddp", ckpt)
     if w.share_prompt:  # each prompt's activations stay alive for all its samples' micro-batches
         act = lambda ckpt, _f=act: _f(ckpt) + activation_bytes(a, w.prompts, w.prompt_tokens, 0, c,
@@ -236,13 +237,13 @@ def plan_memory(a: Arch, w: Workload, strategy: str) -> MemoryPlan:
         Term("weights", "weights (fp32 master)", FP32 * n // shard, "persistent"),
         Term("gradients", "gradients (fp32)", FP32 * n // shard, "persistent"),
         Term("optimizer", "optimizer state (AdamW m, v; fp32)", ADAM_STATES * FP32 * n // shard, "persistent"),
-        Term("reference", f"reference model ({_dt(c)}, kl_coef > 0)", c * n // shard if w.reference else 0,
+        Term("reference", f"reference model ({dtype_name(c)}, kl_coef > 0)", c * n // shard if w.reference else 0,
              "persistent"),
-        Term("rollout_copy", f"rollout weights ({_dt(c)} copy)", c * n if low else 0, "persistent"),
+        Term("rollout_copy", f"rollout weights ({dtype_name(c)} copy)", c * n if low else 0, "persistent"),
         Term("kv_cache", f"KV cache: {w.rollout_rows} rows x {seq} tokens",
              kv_cache_bytes(a, w.rollout_rows, seq, c), "rollout"),
-        Term("kv_cache_eval", f"KV cache, validation: {w.eval_rows} rows x {w.prompt_tokens + w.eval_new_tokens}",
-             kv_cache_bytes(a, w.eval_rows, w.prompt_tokens + w.eval_new_tokens, c), "info"),
+        Term("kv_cache_eval", f"KV cache, validation: {w.eval_rows} rows x {eval_seq} tokens",
+             kv_cache_bytes(a, w.eval_rows, eval_seq, c), "info"),
         Term("sampler", "sampler buffers (hidden states, logits)",
              w.rollout_rows * (w.max_new_tokens * a.hidden * c + a.vocab * (c + 20)), "rollout"),
         Term("compute_copy", "compute copies (ddp: autocast casts; fsdp: unsharded layers)", compute_copy,
@@ -261,76 +262,10 @@ def plan_memory(a: Arch, w: Workload, strategy: str) -> MemoryPlan:
     return plan
 
 
-def _dt(c: int) -> str:
+def dtype_name(c: int) -> str:
     return "bf16" if c == 2 else "fp32"
 
 
 def _act_label(w: Workload, seq: int, ckpt: bool) -> str:
     how = "checkpointed" if ckpt else "no checkpointing"
     return f"activations ({how}): {w.micro_rows} rows x {seq} tokens"
-
-
-ADVICE = {
-    "weights": "shard with fsdp over more GPUs, or use a smaller model",
-    "gradients": "shard with fsdp over more GPUs, or use a smaller model",
-    "optimizer": "shard with fsdp over more GPUs, or use a smaller model",
-    "reference": "set algo.kl_coef: 0 (no reference model) or shard with fsdp",
-    "rollout_copy": "use fewer / smaller parameters (a smaller model) or more GPUs with fsdp",
-    "kv_cache": "lower rollout.prompts_per_step or rollout.max_new_tokens, or use more GPUs",
-    "kv_cache_eval": "lower data.eval_size or rollout.eval_max_new_tokens, or use more GPUs",
-    "sampler": "lower rollout.prompts_per_step or rollout.max_new_tokens",
-    "compute_copy": "shard with fsdp (it gathers two layers at a time)",
-    "activations": "set gradient_checkpointing: true, or lower micro_batch / set micro_batch_tokens",
-    "activations_ckpt": "lower micro_batch or set micro_batch_tokens",
-    "lm_head": "lower logits_chunk_tokens",
-    "rollout_tensors": "lower rollout.prompts_per_step or rollout.max_new_tokens",
-}
-
-
-def verdict(plan: MemoryPlan, capacity_bytes: float, others: list[MemoryPlan] = ()) -> str:
-    """One line: fits, or the biggest term, what to change, and whether another strategy would fit."""
-    need, have = plan.peak / GB, usable_bytes(capacity_bytes) / GB
-    if plan.fits(capacity_bytes):
-        return f"{plan.strategy}: fits ({need:.1f} GB of {have:.1f} GB usable per GPU)"
-    big = plan.biggest()
-    msg = (f"{plan.strategy}: does not fit: {need:.1f} GB per GPU needed, {have:.1f} GB usable "
-           f"({capacity_bytes / GB:.0f} GB GPUs); the biggest term is {big.label} ({big.bytes / GB:.1f} GB): "
-           f"{ADVICE[big.key]}")
-    alt = [o for o in others if o.strategy != plan.strategy and o.fits(capacity_bytes)]
-    if alt:
-        msg += f"; {alt[0].strategy} would fit ({alt[0].peak / GB:.1f} GB)"
-    return msg
-
-
-def format_plans(plans: list[MemoryPlan], capacity_bytes: float | None) -> str:
-    """The table ``verl-bench plan`` prints: one column per strategy, GB per GPU."""
-    a, w = plans[0].arch, plans[0].work
-    seq = w.prompt_tokens + w.max_new_tokens
-    lines = [
-        f"model: {a.name} ({param_count(a) / 1e9:.3g} B parameters, {a.layers} layers, hidden {a.hidden}, "
-        f"vocab {a.vocab}{', tied embeddings' if a.tied else ''}; from {a.source})",
-        f"per GPU of {w.gpus}: {w.prompts} prompts x {w.rollout_rows // max(w.prompts, 1)} samples = "
-        f"{w.rollout_rows} rollout rows of {w.prompt_tokens} prompt (assumed) + {w.max_new_tokens} new tokens; "
-        f"scoring micro-batch {w.micro_rows} rows x {seq} tokens; compute {_dt(w.compute_bytes)}",
-        "",
-        f"{'GB per GPU':<62}" + "".join(f"{p.strategy:>10}" for p in plans),
-    ]
-    for phase, title in (("persistent", "held all run"), ("rollout", "rollout phase"),
-                         ("update", "update phase"), ("info", "shown, not in the peak")):
-        lines.append(f" {title}:")
-        for i, t in enumerate(plans[0].terms):
-            if t.phase == phase:
-                lines.append(f"   {t.label:<59}" + "".join(f"{p.terms[i].bytes / GB:>10.2f}" for p in plans))
-    lines.append(f" {'peak = held + max(rollout, update)':<61}" + "".join(f"{p.peak / GB:>10.2f}" for p in plans))
-    if capacity_bytes:
-        lines.append(f" {'usable of ' + f'{capacity_bytes / GB:.0f} GB':<61}"
-                     + "".join(f"{usable_bytes(capacity_bytes) / GB:>10.2f}" for _ in plans))
-        lines.append(f" {'fits':<61}" + "".join(f"{'yes' if p.fits(capacity_bytes) else 'NO':>10}" for p in plans))
-        lines += ["", *(verdict(p, capacity_bytes, plans) for p in plans)]
-    lines += ["", "* the other gradient_checkpointing setting, for comparison",
-              "assumptions: fp32 master weights, fp32 gradients, fp32 AdamW m and v; compute in "
-              f"{_dt(w.compute_bytes)} (ddp: autocast, its bf16 weight casts alive through a micro-batch; fsdp: "
-              "FSDP2 MixedPrecisionPolicy, ~2 layers unsharded at a time + embeddings/LM head); rollouts sample "
-              "a bf16 weight copy held all run; the reference model is bf16 (sharded under fsdp); "
-              f"usable = (capacity - {RESERVED_BYTES / 2**30:.0f} GiB) x {1 - HEADROOM:.2f}; GB = 1e9 bytes"]
-    return "\n".join(lines)

@@ -30,7 +30,8 @@ def arch_from_config(cfg: dict, name: str = "", source: str = "") -> Arch:
     """An :class:`Arch` from a config.json mapping; refuses layouts the plan does not count."""
     kind = cfg.get("model_type", "")
     if kind not in LAYOUTS:
-        raise UnknownArchitecture(f"{source or name}: model_type {kind!r}: the memory plan counts {list(LAYOUTS)} layouts")
+        raise UnknownArchitecture(f"{source or name}: model_type {kind!r}: the memory plan counts "
+                                  f"{list(LAYOUTS)} layouts")
     heads = cfg["num_attention_heads"]
     bias = bool(cfg.get("attention_bias", False))
     return Arch(

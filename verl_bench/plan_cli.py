@@ -12,7 +12,18 @@ from __future__ import annotations
 import sys
 
 from verl_bench.config import ConfigError
-from verl_bench.plan import GB, STRATEGIES, format_plans, plan_memory, verdict, workload
+from verl_bench.plan import (
+    GB,
+    HEADROOM,
+    RESERVED_BYTES,
+    STRATEGIES,
+    MemoryPlan,
+    dtype_name,
+    param_count,
+    plan_memory,
+    usable_bytes,
+    workload,
+)
 from verl_bench.plan_arch import UnknownArchitecture, model_arch
 
 DEFAULT_GPU_GB = 80.0  # the paper's GPUs; used by `plan` when no GPU is visible and no --gpu-memory given
@@ -68,7 +79,7 @@ def check_sweep_plan(spec) -> None:
     have = local_gpu_bytes()
     if have is None:
         return
-    gpus = spec.workers if spec.workers > 1 else 1
+    gpus = max(1, spec.workers)
     fraction = 1.0 if spec.workers > 1 else min(spec.gpu, 1.0)
     if fraction <= 0:
         return  # CPU trials
@@ -80,6 +91,74 @@ def check_sweep_plan(spec) -> None:
         except ConfigError as e:
             where = f" with {sampled}" if sampled else ""
             raise ConfigError(f"{spec.source}: a trial{where}: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------ presentation
+ADVICE = {
+    "weights": "shard with fsdp over more GPUs, or use a smaller model",
+    "gradients": "shard with fsdp over more GPUs, or use a smaller model",
+    "optimizer": "shard with fsdp over more GPUs, or use a smaller model",
+    "reference": "set algo.kl_coef: 0 (no reference model) or shard with fsdp",
+    "rollout_copy": "use fewer / smaller parameters (a smaller model) or more GPUs with fsdp",
+    "kv_cache": "lower rollout.prompts_per_step or rollout.max_new_tokens, or use more GPUs",
+    "kv_cache_eval": "lower data.eval_size or rollout.eval_max_new_tokens, or use more GPUs",
+    "sampler": "lower rollout.prompts_per_step or rollout.max_new_tokens",
+    "compute_copy": "shard with fsdp (it gathers two layers at a time)",
+    "activations": "set gradient_checkpointing: true, or lower micro_batch / set micro_batch_tokens",
+    "activations_ckpt": "lower micro_batch or set micro_batch_tokens",
+    "lm_head": "lower logits_chunk_tokens",
+    "rollout_tensors": "lower rollout.prompts_per_step or rollout.max_new_tokens",
+}
+
+
+def verdict(plan: MemoryPlan, capacity_bytes: float, others: list[MemoryPlan] = ()) -> str:
+    """One line: fits, or the biggest term, what to change, and whether another strategy would fit."""
+    need, have = plan.peak / GB, usable_bytes(capacity_bytes) / GB
+    if plan.fits(capacity_bytes):
+        return f"{plan.strategy}: fits ({need:.1f} GB of {have:.1f} GB usable per GPU)"
+    big = plan.biggest()
+    msg = (f"{plan.strategy}: does not fit: {need:.1f} GB per GPU needed, {have:.1f} GB usable "
+           f"({capacity_bytes / GB:.0f} GB GPUs); the biggest term is {big.label} ({big.bytes / GB:.1f} GB): "
+           f"{ADVICE[big.key]}")
+    alt = [o for o in others if o.strategy != plan.strategy and o.fits(capacity_bytes)]
+    if alt:
+        msg += f"; {alt[0].strategy} would fit ({alt[0].peak / GB:.1f} GB)"
+    return msg
+
+
+def format_plans(plans: list[MemoryPlan], capacity_bytes: float | None) -> str:
+    """The table ``verl-bench plan`` prints: one column per strategy, GB per GPU."""
+    a, w = plans[0].arch, plans[0].work
+    seq = w.prompt_tokens + w.max_new_tokens
+    lines = [
+        (f"model: {a.name} ({param_count(a) / 1e9:.3g} B parameters, {a.layers} layers, hidden {a.hidden}, "
+         f"vocab {a.vocab}{', tied embeddings' if a.tied else ''}; from {a.source})"),
+        (f"per GPU of {w.gpus}: {w.prompts} prompts x {w.rollout_rows // max(w.prompts, 1)} samples = "
+         f"{w.rollout_rows} rollout rows of {w.prompt_tokens} prompt (assumed) + {w.max_new_tokens} new tokens; "
+         f"scoring micro-batch {w.micro_rows} rows x {seq} tokens; compute {dtype_name(w.compute_bytes)}"),
+        "",
+        f"{'GB per GPU':<62}" + "".join(f"{p.strategy:>10}" for p in plans),
+    ]
+    for phase, title in (("persistent", "held all run"), ("rollout", "rollout phase"),
+                         ("update", "update phase"), ("info", "shown, not in the peak")):
+        lines.append(f" {title}:")
+        for i, t in enumerate(plans[0].terms):
+            if t.phase == phase:
+                lines.append(f"   {t.label:<59}" + "".join(f"{p.terms[i].bytes / GB:>10.2f}" for p in plans))
+    lines.append(f" {'peak = held + max(rollout, update)':<61}" + "".join(f"{p.peak / GB:>10.2f}" for p in plans))
+    if capacity_bytes:
+        lines.append(f" {'usable of ' + f'{capacity_bytes / GB:.0f} GB':<61}"
+                     + "".join(f"{usable_bytes(capacity_bytes) / GB:>10.2f}" for _ in plans))
+        lines.append(f" {'fits':<61}" + "".join(f"{'yes' if p.fits(capacity_bytes) else 'NO':>10}" for p in plans))
+        lines += ["", *(verdict(p, capacity_bytes, plans) for p in plans)]
+    assumptions = (
+        "assumptions: fp32 master weights, fp32 gradients, fp32 AdamW m and v; "
+        f"compute in {dtype_name(w.compute_bytes)} (ddp: autocast, its bf16 weight casts alive through a micro-batch; fsdp: FSDP2 MixedPrecisionPolicy, "
+        "~2 layers unsharded at a time + embeddings/LM head); rollouts sample a bf16 weight copy held all run; "
+        "the reference model is bf16 (sharded under fsdp); "
+        f"usable = (capacity - {RESERVED_BYTES / 2**30:.0f} GiB) x {1 - HEADROOM:.2f}; GB = 1e9 bytes")
+    lines += ["", "* the other gradient_checkpointing setting, for comparison", assumptions]
+    return "\n".join(lines)
 
 
 def _cmd_plan(args) -> int:
