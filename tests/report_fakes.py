@@ -43,14 +43,15 @@ def fake_samples(models=("tiny-a", "tiny-b"), seeds=(0, 1, 2), problems=12, samp
     return pd.DataFrame(rows)
 
 
-def fake_dynamics(models=("tiny-a", "tiny-b"), seeds=(0, 1, 2), steps=10, rng_seed=1) -> pd.DataFrame:
+def fake_dynamics(models=("tiny-a", "tiny-b"), seeds=(0, 1, 2), steps=10, metrics=DYN_METRICS,
+                  rng_seed=1) -> pd.DataFrame:
     rng = np.random.default_rng(rng_seed)
     rows = []
     for model in models:
         for arm in ("grpo", "verl"):
             for seed in seeds:
                 for step in range(1, steps + 1):
-                    for metric in DYN_METRICS:
+                    for metric in metrics:
                         if metric == "val/accuracy" and step % 5:
                             continue  # validation only every 5 steps, as train.py logs it
                         rows.append({"model": model, "arm": arm, "seed": seed, "trial": f"t_{model}_{arm}_{seed}",

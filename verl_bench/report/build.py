@@ -28,7 +28,11 @@ from verl_bench.report.sources import (
     versions,
 )
 
-# training-dynamics panels: (title, metric names in the order tried); the first one logged is drawn
+# training-dynamics panels: (title, metric names in the order tried); the first one logged is drawn, else the
+# first logged metric whose name holds a panel's keyword (DYNAMICS_KEYWORDS)
+DYNAMICS_KEYWORDS = {"truncated responses (fraction)": ("trunc",),
+                     "groups with all-equal rewards (VERL's bonus cannot act)": ("all_equal", "equal_reward",
+                                                                                  "zero_std")}
 DYNAMICS_PANELS = [
     ("reward", ["reward/mean"]),
     ("validation accuracy", ["val/accuracy"]),
@@ -54,18 +58,19 @@ TRIALS_SHOWN = 30
 
 
 def build_report(sources: list[Path], out_dir: Path, *, title: str | None = None, metrics: list[str] | None = None,
-                 modes: list[str] | None = None, progress=print) -> Path:
-    """Report on study folders and/or Tune sweep folders; returns ``out_dir/index.html``."""
+                 modes: list[str] | None = None, n_boot: int = 200, progress=print) -> Path:
+    """Report on study folders and/or Tune sweep folders; returns ``out_dir/index.html``. ``n_boot``: bootstrap
+    resamples of each sweep knob's importance interval."""
     if not sources:
         raise ReportError("report: give at least one study or sweep folder")
     src = load_sources([Path(p) for p in sources], metrics, modes, progress)
     return render_report(src.samples, src.dynamics, Path(out_dir), src.meta, sweeps=src.sweeps, title=title,
-                         progress=progress)
+                         n_boot=n_boot, progress=progress)
 
 
 def render_report(samples: pd.DataFrame | None, dynamics: pd.DataFrame | None, out_dir: Path, meta: dict,
                   trials: pd.DataFrame | None = None, *, sweeps: list[Sweep] | None = None,
-                  title: str | None = None, progress=print) -> Path:
+                  title: str | None = None, n_boot: int = 200, progress=print) -> Path:
     """Write ``out_dir/index.html`` with ``figures/`` and ``tables/`` beside it from the tidy frames (the
     CONTRACT's columns), the study's ``meta`` and, for sweeps, Tune trial tables (``trials``: one sweep's
     ``hpo.trial_table``; ``sweeps``: several, with their objectives)."""
@@ -77,7 +82,7 @@ def render_report(samples: pd.DataFrame | None, dynamics: pd.DataFrame | None, o
     if trials is not None:
         m, md = sweep_objectives(trials, None, None)
         sweeps.append(Sweep(Path(meta.get("source", "sweep")), trials, m, md))
-    if samples is None and not sweeps:
+    if (samples is None or samples.empty) and not sweeps:
         raise ReportError("report: nothing to report (no study samples and no sweep trials)")
 
     ctx = {"title": title or f"verl-bench report: {meta.get('name', out_dir.name)}", "tables": [], "notes": []}
@@ -85,7 +90,7 @@ def render_report(samples: pd.DataFrame | None, dynamics: pd.DataFrame | None, o
     if samples is not None and len(samples):
         study = _study_sections(samples, dynamics, out_dir, meta, ctx, progress)
     ctx["study"] = study
-    ctx["sweeps"] = [_sweep_section(sw, out_dir, ctx, progress, i) for i, sw in enumerate(sweeps)]
+    ctx["sweeps"] = [_sweep_section(sw, out_dir, ctx, progress, i, n_boot) for i, sw in enumerate(sweeps)]
     ctx["header"] = _header(meta, samples, study)
     progress("report: writing the page")
     path = out_dir / "index.html"
@@ -122,6 +127,7 @@ def _plan(samples: pd.DataFrame, meta: dict) -> dict:
 def _study_sections(samples, dynamics, out_dir, meta, ctx, progress) -> dict:
     from verl_bench.analysis import stats
 
+    samples = stats.last_step(samples)  # one checkpoint per training run: the statistics compare runs
     plan = _plan(samples, meta)
     primary = dict(meta.get("primary") or {})
     primary.setdefault("benchmark", "average")
@@ -156,6 +162,14 @@ def _study_sections(samples, dynamics, out_dir, meta, ctx, progress) -> dict:
                "seed_variance_measured": not unmeasured,
                "paper": T.paper_table(acc, comp, plan["models"], plan["arms"], columns),
                "figures": {}, "dynamics": [], "dynamics_missing": [], "appendix": []}
+    paper = section["paper"]
+    ctx["tables"].append(T.write_table(
+        pd.DataFrame([[r["model"], r["label"], *[c["text"] for c in r["cells"]]] for r in paper["rows"]],
+                     columns=["model", "row", *paper["columns"]]), out_dir, "paper_table",
+        "the paper-layout table as shown (points; * significant after Holm)"))
+    if verdicts:
+        ctx["tables"].append(T.write_table(pd.DataFrame(verdicts), out_dir, "verdict",
+                                           f"the verdict on the primary endpoint ({primary_bench})"))
     if not comp.empty:
         progress("report: forest plot")
         section["figures"]["forest"] = F.save_figure(
@@ -192,7 +206,8 @@ def _dynamics(dynamics, plan, out_dir, ctx, section, progress):
     logged = set(bands["metric"])
     panels = []
     for title, names in DYNAMICS_PANELS:
-        found = next((n for n in names if n in logged), None)
+        found = next((n for n in names if n in logged), None) or next(
+            (n for n in sorted(logged) for kw in DYNAMICS_KEYWORDS.get(title, ()) if kw in n), None)
         (panels.append((title, found)) if found else section["dynamics_missing"].append(title))
     n_seeds = int(bands["n_seeds"].max()) if len(bands) else 0
     for m in plan["models"]:
@@ -228,7 +243,7 @@ def _appendix(samples, plan, out_dir, ctx, progress) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ sweeps
-def _sweep_section(sw: Sweep, out_dir: Path, ctx: dict, progress, index: int) -> dict:
+def _sweep_section(sw: Sweep, out_dir: Path, ctx: dict, progress, index: int, n_boot: int) -> dict:
     from verl_bench.analysis import hpo
 
     name = sw.path.name or f"sweep{index}"
@@ -251,8 +266,8 @@ def _sweep_section(sw: Sweep, out_dir: Path, ctx: dict, progress, index: int) ->
            "noise_floor": None, "best": None}
     out["noise_floor"] = hpo.seed_noise_floor(trials, metric)
     if knobs and len(scored) >= 3:
-        progress(f"report: sweep {name}: importance of {len(knobs)} knob(s)")
-        imp = hpo.knob_importance(scored, knobs, metric).sort_values("importance", ascending=False)
+        progress(f"report: sweep {name}: importance of {len(knobs)} knob(s), {n_boot} bootstrap resamples")
+        imp = hpo.knob_importance(scored, knobs, metric, n_boot=n_boot).sort_values("importance", ascending=False)
         ctx["tables"].append(T.write_table(imp, out_dir, f"{tag}_importance", f"sweep {name}: knob importance"))
         out["importance"] = [{"knob": r.knob, "importance": _fmt(r.importance),
                               "interval": f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"} for r in imp.itertuples()]

@@ -11,7 +11,7 @@ def _cmd_report(args) -> int:
     metrics = [m.strip() for m in args.metric.split(",")] if args.metric else None
     modes = [m.strip() for m in args.mode.split(",")] if args.mode else None
     path = build_report([Path(s) for s in args.sources], Path(args.output), title=args.title, metrics=metrics,
-                        modes=modes)
+                        modes=modes, n_boot=args.n_boot)
     print(f"report: open {path}")
     return 0
 
@@ -27,4 +27,6 @@ def add_report_parser(sub) -> None:
                    help="a sweep's metric(s), comma-separated (default: what the trial table records, else "
                         "val/accuracy)")
     p.add_argument("--mode", default=None, help="max or min per metric, comma-separated (default max)")
+    p.add_argument("--n-boot", type=int, default=200, metavar="N",
+                   help="bootstrap resamples of each swept knob's importance interval (default 200)")
     p.set_defaults(fn=_cmd_report)

@@ -110,7 +110,10 @@ def load_sources(paths: list[Path], metrics: list[str] | None = None, modes: lis
             progress(f"report: reading study {path}")
             meta = study_meta(path)
             out.meta = out.meta or meta
-            samples.append(samples_frame(path))
+            frame = samples_frame(path)
+            if frame.empty:
+                raise ReportError(f"{path}: the study has no evaluated samples yet (its evaluation writes them)")
+            samples.append(frame)
             dynamics.append(dynamics_frame(path))
         else:
             from verl_bench.analysis.hpo import trial_table
@@ -152,14 +155,16 @@ def git_commit() -> str:
     return sha + (" (with uncommitted changes)" if dirty else "")
 
 
-def provenance(n_lines: int = 6) -> dict:
+def provenance(n_lines: int = 4) -> dict:
     """The data root (VERL_BENCH_DATA) and the first lines of its PROVENANCE.md."""
     root = os.environ.get("VERL_BENCH_DATA", "")
     lines: list[str] = []
     if root:
         f = Path(root) / "PROVENANCE.md"
         if f.is_file():
-            lines = [ln for ln in f.read_text(errors="replace").splitlines() if ln.strip()][:n_lines]
+            # the heading and prose; its tables (lines starting with "|") are in the file itself
+            lines = [ln for ln in f.read_text(errors="replace").splitlines()
+                     if ln.strip() and not ln.lstrip().startswith("|")][:n_lines]
     return {"root": root or "(VERL_BENCH_DATA not set)", "lines": lines}
 
 

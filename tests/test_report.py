@@ -1,0 +1,216 @@
+"""The report without a browser: sections, numbers equal to the statistics functions' outputs, the files
+(CSV, parquet, PNG, SVG) and what they hold, the one-seed wording, study vs sweep sources, the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from html import unescape
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.report_fakes import BENCHMARKS, DYN_METRICS, fake_dynamics, fake_meta, fake_samples, fake_sweep
+from verl_bench.report import tables as T
+from verl_bench.report.sources import ReportError, source_kind, sweep_objectives
+
+QUIET = {"progress": lambda s: None}
+
+
+def _fake_study_dir(root: Path, seeds=(0, 1, 2)) -> Path:
+    """A study folder as far as the report looks at it: study.yaml (+ trials.json); its frames come from the
+    monkeypatched frame reader."""
+    d = root / "study"
+    d.mkdir(parents=True)
+    meta = fake_meta(models=("tiny-a",), seeds=seeds)
+    (d / "study.yaml").write_text(
+        "name: fake-study\nmodels:\n  tiny-a: {model: 'tiny:tiny-a', template: qwen-boxed}\n"
+        "arms:\n  grpo: {shaping.enabled: false}\n  verl: {}\n"
+        f"seeds: {list(seeds)}\nbudget: {{steps: 20}}\n"
+        f"evaluation: {{benchmarks: {BENCHMARKS}, preset: quick, n: 4}}\n"
+        "primary: {benchmark: average, metric: accuracy, compare: [verl, grpo]}\n")
+    (d / "trials.json").write_text(json.dumps([]))
+    assert meta["primary"]["compare"] == ["verl", "grpo"]
+    return d
+
+
+def _patch_frames(mp, seeds, metrics=DYN_METRICS):
+    from verl_bench.analysis import frame
+
+    samples = fake_samples(models=("tiny-a",), seeds=seeds)
+    dynamics = fake_dynamics(models=("tiny-a",), seeds=seeds, metrics=metrics)
+    mp.setattr(frame, "samples_frame", lambda study_dir: samples)
+    mp.setattr(frame, "dynamics_frame", lambda study_dir: dynamics)
+    return samples
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory):
+    """One report on a 3-seed study folder and a sweep folder, built through build_report."""
+    from verl_bench.report import build_report
+
+    root = tmp_path_factory.mktemp("report")
+    study, sweep = _fake_study_dir(root), fake_sweep(root, n_trials=6, seed_repeats=2)
+    lines: list[str] = []
+    with pytest.MonkeyPatch.context() as mp:
+        samples = _patch_frames(mp, (0, 1, 2))
+        page = build_report([study, sweep], root / "out", n_boot=10, progress=lines.append)
+    return {"page": page, "html": page.read_text(), "samples": samples, "out": root / "out", "lines": lines}
+
+
+def test_sections_and_progress(full):
+    html = full["html"]
+    for sid in ("header", "verdict", "table", "forest", "passk", "dynamics", "hpo-0", "appendix", "files"):
+        assert f'<section id="{sid}">' in html
+    for fact in ("Primary endpoint", "Evaluation protocol", "Versions", "Git commit", "Data", "torch",
+                 "transformers", "ray", "lm_eval", "math-verify", "verl-bench"):
+        assert fact in html
+    assert "biased upward" in html and "fresh" in html  # the sweep's best is not a result
+    assert "Seed variance was not measured" not in html
+    assert any("reading study" in s for s in full["lines"]) and any("writing the page" in s for s in full["lines"])
+
+
+def test_page_is_self_contained(full):
+    html = full["html"]
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "a reference that leaves the file"
+    assert "<script" not in html
+    srcs = re.findall(r'<img src="([^"]+)"', html)
+    assert srcs and all(s.startswith("data:image/svg+xml;base64,") for s in srcs)
+    assert full["page"].stat().st_size < 3e6
+
+
+def test_files_exist_and_parse(full):
+    out = full["out"]
+    svgs = sorted((out / "figures").glob("*.svg"))
+    assert {p.stem for p in svgs} == {p.stem for p in (out / "figures").glob("*.png")}
+    assert len(svgs) >= 7 and len(re.findall(r"<img ", full["html"])) == len(svgs)
+    import xml.etree.ElementTree as ET
+
+    from PIL import Image  # matplotlib's own dependency
+
+    for svg in svgs:
+        assert ET.parse(svg).getroot().tag.endswith("svg")
+        with Image.open(svg.with_suffix(".png")) as im:
+            assert im.size[0] > 100 and im.size[1] > 100
+    csvs = sorted((out / "tables").glob("*.csv"))
+    assert {"accuracy", "comparisons", "pass_at_k", "dynamics", "disagreements"} <= {p.stem for p in csvs}
+    for csv in csvs:
+        a, b = pd.read_csv(csv), pd.read_parquet(csv.with_suffix(".parquet"))
+        assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0
+    for link in re.findall(r'href="((?:figures|tables)/[^"]+)"', full["html"]):
+        assert (out / link).is_file(), link
+
+
+def test_numbers_equal_the_statistics_functions(full):
+    from verl_bench.analysis import stats
+
+    samples, out, html = full["samples"], full["out"], unescape(full["html"])
+    acc = T.accuracy_long(stats.accuracy_table(samples))
+    got = pd.read_csv(out / "tables" / "accuracy.csv")
+    key = ["model", "arm", "benchmark"]
+    merged = got.merge(acc, on=key, suffixes=("_report", "_stats"))
+    assert len(merged) == len(acc) == len(got)
+    for col in ("mean", "ci_low", "ci_high"):
+        np.testing.assert_allclose(merged[f"{col}_report"], merged[f"{col}_stats"], rtol=1e-12)
+    # each paper-table cell shows exactly the stats' mean and interval
+    for r in acc.itertuples():
+        assert T.interval(r.mean, r.ci_low, r.ci_high) in html
+
+    comps = stats.comparisons(samples, "verl", "grpo", benchmarks=BENCHMARKS, average=True)
+    comp = pd.read_csv(out / "tables" / "comparisons.csv")
+    assert len(comp) == len(comps)
+    for c in comps:
+        row = comp[(comp["benchmark"] == c.benchmark) & (comp["model"] == c.model)].iloc[0]
+        for f in ("delta", "ci_low", "ci_high", "p_value", "p_adjusted", "mde"):
+            assert row[f] == pytest.approx(getattr(c, f), rel=1e-12), f
+        assert row["verdict"] == c.verdict == stats.verdict(c)
+    primary = next(c for c in comps if c.benchmark == "average")
+    assert T.interval(primary.delta, primary.ci_low, primary.ci_high, signed=True) in html
+    assert T.p_text(primary.p_value) in html and T.pct(primary.mde) in html
+    wording = {"better": "verl is better than grpo", "worse": "verl is worse than grpo"}
+    assert wording.get(primary.verdict, primary.verdict.capitalize()) in html
+
+    curves = stats.pass_at_k_curve(samples, [1, 2, 4])
+    got = pd.read_csv(out / "tables" / "pass_at_k.csv")
+    np.testing.assert_allclose(got["mean"].to_numpy(), curves["mean"].to_numpy(), rtol=1e-12)
+
+
+def test_one_seed_says_seed_variance_was_not_measured(tmp_path):
+    from verl_bench.report import build_report
+
+    study = _fake_study_dir(tmp_path, seeds=(0,))
+    with pytest.MonkeyPatch.context() as mp:
+        _patch_frames(mp, (0,), metrics=["reward/mean", "val/accuracy"])
+        html = unescape(build_report([study], tmp_path / "out", **QUIET).read_text())
+    assert "Seed variance was not measured" in html and "Seed variance not measured: one training seed" in html
+    assert "seed variance not measured" in html  # by the paper table too
+    assert "<section id=\"hpo-0\">" not in html  # a study has no HPO section
+    assert "(1 per arm)" in html
+
+
+def test_sweep_only_report_through_the_cli(tmp_path, capsys):
+    from verl_bench.analysis import hpo
+    from verl_bench.cli import main
+
+    sweep = fake_sweep(tmp_path, n_trials=6)
+    assert main(["report", str(sweep), "-o", str(tmp_path / "out"), "--metric", "val/accuracy,val/response_length",
+                 "--mode", "max,min", "--n-boot", "10"]) == 0
+    assert "report: open " in capsys.readouterr().out
+    html = unescape((tmp_path / "out" / "index.html").read_text())
+    assert '<section id="hpo-0">' in html and '<section id="verdict">' not in html
+    assert "Pareto front" in html and "optimisation history" in html and "biased upward" in html
+    trials = hpo.trial_table(sweep)
+    imp = pd.read_csv(tmp_path / "out" / "tables" / "sweep_0_fake_sweep_importance.csv")
+    assert set(imp["knob"]) <= {"shaping.kappa", "shaping.tau", "shaping.mode"}
+    assert len(pd.read_csv(tmp_path / "out" / "tables" / "sweep_0_fake_sweep_trials.csv")) == len(trials)
+
+
+# ------------------------------------------------------------------------------------------ small parts
+def test_source_kind_and_errors(tmp_path):
+    assert source_kind(_fake_study_dir(tmp_path)) == "study"
+    assert source_kind(fake_sweep(tmp_path)) == "sweep"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReportError, match="neither a study folder"):
+        source_kind(tmp_path / "empty")
+    with pytest.raises(ReportError, match="not a folder"):
+        source_kind(tmp_path / "missing")
+
+
+def test_cli_bad_source_exits_2(tmp_path, capsys):
+    from verl_bench.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "empty" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_sweep_objectives():
+    t = pd.DataFrame({"config/a": [1, 2], "val/accuracy": [0.1, 0.2], "loss": [1.0, 2.0]})
+    assert sweep_objectives(t, None, None) == (["val/accuracy"], ["max"])
+    assert sweep_objectives(t, ["loss"], ["min"]) == (["loss"], ["min"])
+    with pytest.raises(ReportError, match="'nope'"):
+        sweep_objectives(t, ["nope"], None)
+
+
+def test_interval_formatting():
+    assert T.interval(0.412, 0.381, 0.443) == "41.2 ± 3.1"
+    assert T.interval(0.412, 0.30, 0.45) == "41.2 [30.0, 45.0]"
+    assert T.interval(0.013, -0.01, 0.036, signed=True) == "+1.3 ± 2.3"
+    assert T.interval(float("nan"), 0, 1) == "–" and T.p_text(0.0001) == "< 0.001"
+
+
+def test_disagreements_pick_a_correct_and_a_wrong_response():
+    s = fake_samples(models=("m",), seeds=(0,), problems=6, samples=2, effect=0.0)
+    s.loc[(s["arm"] == "verl") & (s["problem"] == "math500/3"), "correct"] = 1.0
+    s.loc[(s["arm"] == "grpo") & (s["problem"] == "math500/3"), "correct"] = 0.0
+    d = T.disagreements(s, "m", "verl", "grpo", limit=50)
+    row = d[d["problem"] == "math500/3"].iloc[0]
+    assert row["winner"] == "verl" and row["solve_rate_verl"] == 1.0 and row["solve_rate_grpo"] == 0.0
+    rate = s[s["arm"].isin(["verl", "grpo"])].groupby(["benchmark", "problem", "arm"])["correct"].mean().unstack()
+    assert len(d) == int(((rate["verl"] - rate["grpo"]).abs() >= 0.5).sum())
+    gaps = (d["solve_rate_verl"] - d["solve_rate_grpo"]).abs().to_numpy()
+    assert (np.diff(gaps) <= 0).all()
