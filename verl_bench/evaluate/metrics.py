@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from verl_bench.reward import normalize_answer
+from verl_bench.answers import normalize_answer
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
