@@ -28,7 +28,7 @@ from typing import Any
 
 from verl_bench import arithmetic
 from verl_bench.errors import UserError
-from verl_bench.reward import extract_boxed
+from verl_bench.answers import DEGREE_TAIL_RE, extract_boxed
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,6 @@ class LoadStats:
 # Gold normalisation / extraction
 # --------------------------------------------------------------------------------------------------
 
-_DEGREE_RE = re.compile(r"\s*(\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|°)\s*$")
 _FLOAT_INT_RE = re.compile(r"^-?\d+\.0+$")
 _PUNCT_AFTER_MATH_RE = re.compile(r"\$\s*[.。]\s*$")
 _PY_FLOAT_DIV_RE = re.compile(r"(\d)\.(?=\s*/)")
@@ -152,7 +151,7 @@ def normalize_gold(value: Any) -> str | None:
     # plain-text / numpy function names: "ln2" (Gaokao 2024 I) is l*n*2 to math-verify, so a model's
     # "\ln 2" would be scored wrong; "np.arcsin(10/13)" (Minerva) does not parse at all
     s = _BARE_FUNC_RE.sub(r"\\\1 ", s)
-    s = _DEGREE_RE.sub("", s).strip()
+    s = DEGREE_TAIL_RE.sub("", s).strip()
     if _FLOAT_INT_RE.match(s):
         s = s.split(".")[0]
     return s or None
