@@ -78,8 +78,8 @@ def test_samples_frame_rows_labels_and_config(tmp_path):
     # re-graded (no logged grades): 2 right, 7 wrong, "The answer is 5" right
     assert by.loc[("verl", 1), "correct"].tolist() == [1.0, 0.0, 1.0, 1.0]
     assert frame.groupby("arm").correct.mean().to_dict() == {"base": 0.25, "grpo": 0.75, "verl": 0.75}
-    assert by.loc[("verl", 1, "a", 0), "config/shaping.enabled"] == True  # noqa: E712 - numpy bool
-    assert by.loc[("grpo", 0, "a", 0), "config/shaping.enabled"] == False  # noqa: E712
+    assert by.loc[("verl", 1, "a", 0), "config/shaping.enabled"] == True
+    assert by.loc[("grpo", 0, "a", 0), "config/shaping.enabled"] == False
     assert pd.isna(by.loc[("base", 0, "a", 0), "config/shaping.kappa"])
     assert frame.dtypes["seed"] == "int64" and frame.dtypes["correct"] == "float64"
 
@@ -142,7 +142,7 @@ def test_per_sample_grades_through_real_lm_eval(tmp_path, monkeypatch):
     lm = ScriptedLM({BENCH: build_docs(BENCH, "qwen-boxed", limit=6)}, lambda i, j: j < i % 4)
     monkeypatch.setattr(run_lib, "make_lm", lambda *a, **k: lm)
     monkeypatch.setattr(run_lib, "resolve_model", lambda spec: Path(spec), raising=False)
-    import verl_bench.models as models
+    from verl_bench import models
 
     monkeypatch.setattr(models, "resolve_model", lambda spec: Path(spec))
     monkeypatch.setattr(models, "load_tokenizer", lambda folder: None)

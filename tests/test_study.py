@@ -72,7 +72,7 @@ def test_shipped_studies_are_valid():
 def test_paper_dry_run_prints_the_plan_and_resolves_no_model(capsys, monkeypatch):
     import ray
 
-    import verl_bench.models as models
+    from verl_bench import models
 
     def no_hub(*a, **k):
         raise AssertionError("a dry run must not resolve models")
@@ -192,7 +192,7 @@ def test_killed_study_resumes_without_redoing_finished_work(tmp_path):
         return sorted(study_dir.rglob("samples_verl_arithmetic_test_l0_*.jsonl"))
 
     _run_until([*cmd, "--resume"], env, tmp_path / "second.log", lambda: bool(samples()) and all(
-        sum(1 for _ in open(f)) == PROBLEMS for f in samples()))
+        len(f.read_text().splitlines()) == PROBLEMS for f in samples()))
     second_log = (tmp_path / "second.log").read_text()
     assert "stage 2/3" in second_log
     evaluated = {f: f.read_bytes() for f in samples()}

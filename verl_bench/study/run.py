@@ -52,19 +52,20 @@ def describe(spec: StudySpec, storage: str | None = None) -> str:
         gpus = spec.gpu
     p = spec.preset
     evals = n + (len(spec.models) if spec.evaluate_base else 0)
+    head = (f"study {spec.name}: {len(spec.models)} model(s) x {len(spec.arms)} arm(s) x {len(spec.seeds)} "
+            f"seed(s) = {n} trials of {spec.steps} steps, {spec.max_concurrent} at a time")
+    evaluation = (f"  evaluation: {evals} model(s) ({spec.checkpoint} checkpoint of each trial"
+                  f"{' + the base models' if spec.evaluate_base else ''}) x {len(spec.benchmarks)} benchmark(s) "
+                  f"{spec.benchmarks}, preset {p.name} ({p.key()}: n={p.n}, k={list(p.ks)}, T={p.temperature:g})"
+                  f"{f', {spec.eval_gpu:g} GPU per task' if spec.eval_gpu else ''}")
     lines = [
-        f"study {spec.name}: {len(spec.models)} model(s) x {len(spec.arms)} arm(s) x {len(spec.seeds)} seed(s) "
-        f"= {n} trials of {spec.steps} steps, {spec.max_concurrent} at a time",
+        head,
         "  models: " + ", ".join(f"{m.key} ({m.spec}, template {m.template})" for m in spec.models),
-        "  arms: " + ", ".join(f"{a} {o or '{}'}" for a, o in spec.arms.items()),
+        "  arms: " + ", ".join(f"{a} {o or {}}" for a, o in spec.arms.items()),
         f"  seeds: {spec.seeds}",
         f"  per trial: {per}; {gpus * spec.max_concurrent:g} GPU(s) busy at once ({spec.max_concurrent} trial(s))",
-        f"  evaluation: {evals} model(s) ({spec.checkpoint} checkpoint of each trial"
-        f"{' + the base models' if spec.evaluate_base else ''}) x {len(spec.benchmarks)} benchmark(s) "
-        f"{spec.benchmarks}, preset {p.name} ({p.key()}: n={p.n}, k={list(p.ks)}, T={p.temperature:g})"
-        f"{f', {spec.eval_gpu:g} GPU per task' if spec.eval_gpu else ''}",
-        f"  primary endpoint: {spec.compare[0]} - {spec.compare[1]} on {spec.primary_benchmark} "
-        f"{spec.primary_metric}, per model",
+        evaluation,
+        f"  primary endpoint: {spec.compare[0]} - {spec.compare[1]} on {spec.primary_benchmark} {spec.primary_metric}",
         f"  folder: {spec.study_dir(storage)}; report: {report_dir(spec, storage)}",
     ]
     return "\n".join(lines)

@@ -8,14 +8,12 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from verl_bench.config import ConfigError, TrainConfig, _key_lines, _merge, from_dict
-from verl_bench.sweep.spec import _field_type, _flat, _load_base, _nest
+from verl_bench.config import ConfigError, TrainConfig, _merge, from_dict
+from verl_bench.sweep.spec import _field_type, _flat, _load_base, _nest, read_yaml_file
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
-TOP_KEYS = ("name", "storage", "report", "base", "budget", "models", "arms", "seeds", "evaluation", "primary", "resources",
-            "max_concurrent", "max_failures")
+TOP_KEYS = ("name", "storage", "report", "base", "budget", "models", "arms", "seeds", "evaluation", "primary",
+            "resources", "max_concurrent", "max_failures")
 MODEL_KEYS = ("model", "template", "overrides")
 EVAL_KEYS = ("benchmarks", "preset", "n", "k", "temperature", "top_p", "max_tokens", "limit", "checkpoint",
              "select_metric", "base", "resources", "batch_size", "backend")
@@ -111,23 +109,7 @@ def load_study(path: str | Path) -> StudySpec:
 
     path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: study file not found")
-    text = path.read_text()
-    try:
-        raw = yaml.safe_load(text)
-        lines = _key_lines(text) if raw else {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of keys")
-
-    def where(key: str) -> str:
-        line = lines.get(key)
-        return f"{source}:{line}: {key}" if line else f"{source}: {key}"
-
-    def fail(key: str, why: str):
-        raise ConfigError(f"{where(key)}: {why}")
+    raw, lines, where, fail = read_yaml_file(path, "study")
 
     _known(raw, TOP_KEYS, "", fail)
     for key in ("base", "models", "arms", "seeds", "evaluation", "primary"):
@@ -137,18 +119,7 @@ def load_study(path: str | Path) -> StudySpec:
     name = raw.get("name", path.stem)
     if not isinstance(name, str) or not _NAME.match(name):
         fail("name", f"expected a folder name (letters, digits, . _ + -), got {name!r}")
-    storage = raw.get("storage")
-    if storage is not None:
-        if not isinstance(storage, str) or not storage:
-            fail("storage", f"expected a non-empty string, got {storage!r}")
-        if not os.path.isabs(storage):
-            storage = str((path.parent / storage).resolve())
-    report = raw.get("report")
-    if report is not None:
-        if not isinstance(report, str) or not report:
-            fail("report", f"expected a folder for the report, got {report!r}")
-        if not os.path.isabs(report):
-            report = str((path.parent / report).resolve())
+    storage, report = (_folder(raw, key, path, fail) for key in ("storage", "report"))
     base = _load_base(raw["base"], path, lines, where)
 
     budget = _section(raw, "budget", BUDGET_KEYS, fail)
@@ -335,6 +306,16 @@ def _trial_config(study: StudySpec, m: ModelEntry, arm: str, arm_over: dict, see
         msg = str(e).split(": ", 1)[-1]
         raise ConfigError(f"{where(f'arms.{arm}')}: model {m.key}, arm {arm}, seed {seed} gives an invalid "
                           f"config: {msg}") from None
+
+
+def _folder(raw: dict, key: str, path: Path, fail) -> str | None:
+    """An optional folder key; relative to the study file."""
+    v = raw.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str) or not v:
+        fail(key, f"expected a folder, got {v!r}")
+    return v if os.path.isabs(v) else str((path.parent / v).resolve())
 
 
 def _overrides(over, loc: str, fail) -> dict:

@@ -261,9 +261,9 @@ def run_cells(spec: SweepSpec, cells: dict[str, dict], grid: dict[str, list], pa
     ``resume`` the experiment at ``path`` is restored when Tune saved it, else started again (the driver
     died before Tune wrote its state: no trial had finished).
     """
-    from ray import tune
-
     import itertools
+
+    from ray import tune
 
     missing = ["/".join(map(str, combo)) for combo in itertools.product(*grid.values())
                if "/".join(map(str, combo)) not in cells]

@@ -7,6 +7,7 @@ import dataclasses
 import difflib
 import os
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,12 +114,12 @@ class SweepSpec:
 
 
 # ------------------------------------------------------------------------------------------ loading
-def load_sweep(path: str | Path) -> SweepSpec:
-    """Read and validate a sweep file; raises ConfigError naming file:line: key. Starts nothing."""
-    path = Path(path)
+def read_yaml_file(path: Path, what: str) -> tuple[dict, dict, Callable, Callable]:
+    """A strict YAML file's top-level mapping, the line of every dotted key, and ``where(key)`` /
+    ``fail(key, why)`` for ``file:line: key`` messages (sweep and study files)."""
     source = str(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: sweep file not found")
+        raise ConfigError(f"{path}: {what} file not found")
     text = path.read_text()
     try:
         raw = yaml.safe_load(text)
@@ -134,6 +135,15 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
     def fail(key: str, why: str):
         raise ConfigError(f"{where(key)}: {why}")
+
+    return raw, lines, where, fail
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Read and validate a sweep file; raises ConfigError naming file:line: key. Starts nothing."""
+    path = Path(path)
+    source = str(path)
+    raw, lines, where, fail = read_yaml_file(path, "sweep")
 
     if "seed_repeats" in raw:
         fail("seed_repeats", "seed repeats inside a trial are gone: make the seed a grid dimension "
@@ -184,10 +194,9 @@ def load_sweep(path: str | Path) -> SweepSpec:
         spec.space.append(_parse_dim(spec, str(key), dist, f"space.{key}", where, fail))
 
     _parse_search(spec, raw, where, fail)
-    if len(spec.metrics) > 1:
-        if spec.algo != "optuna":
-            fail("metric", "a list of metrics is a multi-objective search, which needs search.algo optuna "
-                           f"(search.algo {spec.algo} does not use the metric): name one metric")
+    if len(spec.metrics) > 1 and spec.algo != "optuna":
+        fail("metric", "a list of metrics is a multi-objective search, which needs search.algo optuna "
+                       f"(search.algo {spec.algo} does not use the metric): name one metric")
     _parse_scheduler(spec, raw, where, fail)
     _parse_resources(spec, raw, fail)
     return spec
