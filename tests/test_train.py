@@ -10,8 +10,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl_bench import reward as reward_lib
+from verl_bench.checkpoint import STATE_FILE, latest_checkpoint, load_trainer_state
 from verl_bench.config import ConfigError, load_config
-from verl_bench.train import STATE_FILE, latest_checkpoint, train
+from verl_bench.metrics import METRIC_NAMES, STEP_METRICS
+from verl_bench import train as train_lib
+from verl_bench.train import train
 
 TINY = "tiny:test"
 
@@ -28,16 +31,10 @@ def _cfg(tmp_path: Path, name: str, *sets: str):
     return load_config(None, list(sets), base=base)
 
 
-@pytest.fixture
-def alternating_grader(monkeypatch):
-    """A random tiny model never answers right; mark every other response correct so groups have signal."""
-    real = reward_lib.grade_batch
-
-    def grade(texts, golds, **kw):
-        grades = real(texts, golds, **kw)
-        return [reward_lib.Grade(answer=g.answer, boxed=g.boxed, correct=(i % 2 == 0)) for i, g in enumerate(grades)]
-
-    monkeypatch.setattr(reward_lib, "grade_batch", grade)
+def alternating(texts, golds, **kw):
+    """A random tiny model never answers right: mark every other response correct so groups have signal."""
+    grades = reward_lib.grade_batch(texts, golds, **kw)
+    return [reward_lib.Grade(answer=g.answer, boxed=g.boxed, correct=(i % 2 == 0)) for i, g in enumerate(grades)]
 
 
 def _weights(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
@@ -49,17 +46,19 @@ def _rows(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_three_steps_write_hf_checkpoints_and_metrics(tmp_path, alternating_grader):
+def test_three_steps_write_hf_checkpoints_and_metrics(tmp_path):
     cfg = _cfg(tmp_path, "plain")
     seen = []
-    last = train(cfg, report=lambda m, c: seen.append((m, c)))
+    last = train(cfg, report=lambda m, c: seen.append((m, c)), grader=alternating)
     assert last["step"] == 3
     steps = [m["step"] for m, _ in seen]
     assert steps == [0, 1, 2, 3]  # step 0 is the validation before training
-    for key in ("reward/mean", "reward/std", "accuracy", "response_length", "rank/er", "rank/erv", "rank/era",
-                "verl/beta_mean", "verl/phi_mean", "verl/frac_shaped", "kl", "entropy", "clip_frac",
-                "grad_norm", "time/step_s", "tokens_per_s", "memory/peak_rss_gb"):
-        assert key in seen[-1][0], key
+    # the row holds every step metric of the one list the sweep checks names against, and nothing else
+    assert set(seen[-1][0]) <= set(METRIC_NAMES)
+    assert set(STEP_METRICS) <= set(seen[1][0])
+    # no KL or entropy term: not computed, so not reported (a 0.0 entropy would read as collapse)
+    assert "kl" not in seen[1][0] and "entropy" not in seen[1][0]
+    assert {"verl/mu_ERA", "verl/mu_ERV", "verl/mu_ER"} <= set(seen[2][0])  # the baselines, once they exist
     assert seen[-1][0]["rank/er"] > 1.0
     assert seen[1][0]["verl/frac_shaped"] == 0.0  # first step: no baseline, no shaping
     ckpt = latest_checkpoint(cfg.run_dir)
@@ -73,28 +72,31 @@ def test_three_steps_write_hf_checkpoints_and_metrics(tmp_path, alternating_grad
     assert [r["step"] for r in _rows(Path(cfg.run_dir))] == [0, 1, 2, 3]
 
 
-def test_resume_continues_exactly(tmp_path, alternating_grader):
+def test_resume_continues_exactly(tmp_path):
     full = _cfg(tmp_path, "full")
-    train(full)
+    train(full, grader=alternating)
     part = _cfg(tmp_path, "part")
-    train(part, stop_after=1)  # "killed" after step 1 (its checkpoint is on disk)
+    train(part, stop_after=1, grader=alternating)  # "killed" after step 1 (its checkpoint is on disk)
     assert latest_checkpoint(part.run_dir).name == "step_000001"
-    state = torch.load(latest_checkpoint(part.run_dir) / STATE_FILE, weights_only=False)
+    state = load_trainer_state(latest_checkpoint(part.run_dir))  # weights_only: no pickle
     assert state["shaper"]["step"] == 1
-    train(part)  # resumes at step 2 from the newest checkpoint
+    train(part, grader=alternating)  # resumes at step 2 from the newest checkpoint
     a, b = _rows(Path(full.run_dir)), _rows(Path(part.run_dir))
     assert [r["step"] for r in b] == [0, 1, 2, 3]
+    # the same config twice: one entry in the run's config history, every row says it produced it
+    assert sorted(p.name for p in (Path(part.run_dir) / "configs").iterdir()) == ["config_000.yaml"]
+    assert {r["config_version"] for r in b} == {0}
     for key in ("reward/mean", "rank/er", "verl/phi_mean", "loss", "grad_norm"):
         assert a[-1][key] == b[-1][key], key
     wa, wb = _weights(Path(full.run_dir), 3), _weights(Path(part.run_dir), 3)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_shaping_changes_the_update_only_after_the_first_step(tmp_path, alternating_grader):
+def test_shaping_changes_the_update_only_after_the_first_step(tmp_path):
     on = _cfg(tmp_path, "on", "steps=2", "shaping.enabled=true", "shaping.baseline_init=bias_corrected")
     off = _cfg(tmp_path, "off", "steps=2", "shaping.enabled=false")
-    train(on)
-    train(off)
+    train(on, grader=alternating)
+    train(off, grader=alternating)
     w_on1, w_off1 = _weights(Path(on.run_dir), 1), _weights(Path(off.run_dir), 1)
     assert all(torch.equal(w_on1[k], w_off1[k]) for k in w_on1)  # step 1: Phi is off, updates identical
     rows_on = _rows(Path(on.run_dir))
@@ -118,6 +120,13 @@ def test_bad_config_is_rejected_before_any_work(tmp_path):
         load_config(None, ["micro_batch_tokens=0"])
     with pytest.raises(ConfigError, match=r"rollout.min_new_tokens: must be in \[0, rollout.max_new_tokens\] \(got 65\)"):
         load_config(None, ["rollout.max_new_tokens=64", "rollout.min_new_tokens=65"])
+    # the prompt template and the data sets are checked with the rest, not after the model loaded
+    with pytest.raises(ConfigError, match=r"data.template: unknown prompt template 'qwen_boxed'"):
+        load_config(None, ["data.template=qwen_boxed"])
+    with pytest.raises(ConfigError, match=r"data.eval: unknown dataset 'arithmetic_tst_l1' \(did you mean"):
+        load_config(None, ["data.eval=arithmetic_tst_l1"])
+    with pytest.raises(ConfigError, match=r"max_nonfinite_steps: must be >= 1"):
+        load_config(None, ["max_nonfinite_steps=0"])
     assert not (tmp_path / "runs").exists()
 
 
@@ -146,7 +155,7 @@ def test_ray_train_torchtrainer(tmp_path, workers):
 
 
 def test_prompt_stream_epochs_and_resume_position():
-    from verl_bench.train import PromptStream
+    from verl_bench.data import PromptStream
 
     stream = PromptStream(7, seed=3)
     first = stream.take(7)
@@ -158,14 +167,24 @@ def test_prompt_stream_epochs_and_resume_position():
 
 
 @pytest.mark.parametrize("mini_batches,engine", [(1, "hf"), (2, "cached")])
-def test_kl_entropy_minibatches_and_shared_prompt_path(tmp_path, alternating_grader, mini_batches, engine):
+def test_kl_entropy_minibatches_and_shared_prompt_path(tmp_path, monkeypatch, mini_batches, engine):
     # both engines record the hidden states; several mini-batches still need one no-grad pass for the old
     # log-probs (and its hidden states are used then)
     cfg = _cfg(tmp_path, "kl", "steps=2", "share_prompt=true", "micro_batch=3", f"rollout.engine={engine}",
                "algo.kl_coef=0.05", "algo.entropy_coef=0.01", f"algo.mini_batches={mini_batches}")
+    losses, norms = [], []  # every mini-batch's loss and gradient norm, as the update computed them
+    backward, clip = train_lib.policy_backward, torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(train_lib, "policy_backward", lambda *a, **k: losses.append(float(backward(*a, **k))) or
+                        torch.tensor(losses[-1]))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: norms.append(float(clip(*a, **k))) or
+                        norms[-1])
     rows = []
-    train(cfg, report=lambda m, c: rows.append(m))
+    train(cfg, report=lambda m, c: rows.append(m), grader=alternating)
     first, second = rows[1], rows[2]
+    assert len(losses) == len(norms) == 2 * mini_batches
+    # the step reports the mean over its mini-batches, not the last one
+    assert first["loss"] == pytest.approx(sum(losses[:mini_batches]) / mini_batches, rel=1e-12)
+    assert second["grad_norm"] == pytest.approx(sum(norms[mini_batches:]) / mini_batches, rel=1e-12)
     if mini_batches == 1:
         assert first["kl"] == pytest.approx(0.0, abs=1e-6)  # one update per batch: it IS the reference
     else:
@@ -177,14 +196,14 @@ def test_kl_entropy_minibatches_and_shared_prompt_path(tmp_path, alternating_gra
 
 
 @pytest.mark.parametrize("agg", ["token_mean", "seq_mean"])
-def test_micro_batched_shared_prompt_update_equals_one_pass(tmp_path, alternating_grader, agg):
+def test_micro_batched_shared_prompt_update_equals_one_pass(tmp_path, agg):
     """The demo's path (shared prompt KV, micro-batches of 3 backpropagated one by one) trains like scoring the
     whole rollout in one micro-batch without sharing: same first step."""
     plain = _cfg(tmp_path, "plain", "steps=1", "share_prompt=false", "micro_batch=null", f"algo.loss_agg={agg}",
                  "algo.entropy_coef=0.01")
     fast = _cfg(tmp_path, "fast", "steps=1", "share_prompt=true", "micro_batch=3", "micro_batch_tokens=12",
                 f"algo.loss_agg={agg}", "algo.entropy_coef=0.01")
-    a, b = train(plain), train(fast)
+    a, b = train(plain, grader=alternating), train(fast, grader=alternating)
     assert a["response_length"] == b["response_length"]  # the same rollout (sampling comes first)
     for key in ("loss", "grad_norm", "rank/er", "rank/erv", "rank/era", "entropy", "clip_frac"):
         assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
@@ -193,7 +212,7 @@ def test_micro_batched_shared_prompt_update_equals_one_pass(tmp_path, alternatin
 def _average_worker(rank: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
-    from verl_bench.train import World
+    from verl_bench.distributed import World
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -247,7 +266,7 @@ def test_keep_freed_memory_keeps_large_blocks_for_reuse(keep):
 
     code = f"""
 import os, torch
-from verl_bench.train import keep_freed_memory
+from verl_bench.sysutil import keep_freed_memory
 page = os.sysconf("SC_PAGE_SIZE")
 rss = lambda: int(open("/proc/self/statm").read().split()[1]) * page
 assert keep_freed_memory() if {keep} else True
@@ -264,3 +283,35 @@ print(during - before, rss() - before)
         assert kept > 200 << 20
     else:
         assert kept < 50 << 20
+
+
+def test_step_metrics_read_rank_metrics_by_name_and_only_computed_terms():
+    """ER, ERV, ERA reach the row by name (no column numbers), and kl/entropy appear only when their
+    coefficient makes the loss compute them."""
+    from types import SimpleNamespace
+
+    from verl_bench.distributed import World
+    from verl_bench.rank import RankMetrics
+    from verl_bench.shaping import ShapingOutput
+    from verl_bench.train import Shaped, UpdateResult, step_metrics
+
+    b = 4
+    rank = RankMetrics(er=torch.full((b,), 300.0, dtype=torch.float64), erv=torch.full((b,), 2.0, dtype=torch.float64),
+                       era=torch.full((b,), -1.0, dtype=torch.float64))
+    zeros = torch.zeros(b, dtype=torch.float64)
+    shaped = Shaped(advantages=torch.zeros(b, 3), rewards=torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64),
+                    correct=torch.tensor([1.0, 0.0, 1.0, 0.0]), rank=rank, bonus=None,
+                    shaping=ShapingOutput(zeros, zeros, torch.zeros(b, 3, dtype=torch.float64), 1.0, False),
+                    shaper_before={})
+    upd = UpdateResult(loss=0.25, grad_norm=2.0, stats={"kl": 0.5, "entropy": 0.3, "clip_frac": 0.1}, skipped=False)
+    rollout = SimpleNamespace(response_lengths=torch.tensor([3, 4, 5, 6]))
+    times = {"time/step_s": 2.0, "time/generate_s": 1.0, "time/reward_s": 0.5, "time/update_s": 0.5}
+    for sets, with_kl, with_entropy in ([], False, False), (["algo.kl_coef=0.1", "algo.entropy_coef=0.01"], True, True):
+        run = SimpleNamespace(cfg=load_config(None, sets), world=World(), config_version=2,
+                              nonfinite={"total": 1, "consecutive": 0}, device=torch.device("cpu"))
+        row = step_metrics(run, 7, rollout, shaped, upd, times)
+        assert (row["rank/er"], row["rank/erv"], row["rank/era"]) == (300.0, 2.0, -1.0)
+        assert ("kl" in row, "entropy" in row) == (with_kl, with_entropy)
+        assert row["accuracy"] == 0.5 and row["response_length"] == 4.5 and row["config_version"] == 2
+        assert row["train/nonfinite_steps"] == 1 and row["verl/active"] == 0.0
+        assert set(row) <= set(METRIC_NAMES)

@@ -103,6 +103,7 @@ class TrainConfig:
     #                                          bounds activation memory whatever the lengths (None: no cap)
     share_prompt: bool = False  # score each prompt once per rollout, its KV cache shared by its samples (exact)
     threads: int | None = None  # torch CPU threads (None: torch's default)
+    max_nonfinite_steps: int = 3  # a non-finite loss or gradient norm skips the step; this many in a row stop the run
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -131,6 +132,7 @@ class TrainConfig:
             (self.rank.window >= 1, "rank.window", "must be >= 1"),
             (self.ray.num_workers >= 1, "ray.num_workers", "must be >= 1"),
             (self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0"),
+            (self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be >= 1"),
             (self.micro_batch is None or self.micro_batch >= 1, "micro_batch", "must be >= 1 or null"),
             (self.micro_batch_tokens is None or self.micro_batch_tokens >= 1, "micro_batch_tokens",
              "must be >= 1 or null"),
@@ -145,11 +147,21 @@ class TrainConfig:
         for ok, key, why in checks:
             if not ok:
                 raise ConfigError(f"{key}: {why} (got {_get(self, key)!r})")
-        from verl_bench.grpo import ESTIMATORS  # the registry is the list of valid names
+        from verl_bench.data import PROMPT_TEMPLATES, dataset_names
+        from verl_bench.grpo import ESTIMATORS  # the registries are the lists of valid names
 
         if self.algo.estimator not in ESTIMATORS:
             raise ConfigError(f"algo.estimator: unknown estimator {self.algo.estimator!r}; "
                               f"known: {sorted(ESTIMATORS)}")
+        if self.data.template not in PROMPT_TEMPLATES:
+            raise ConfigError(f"data.template: unknown prompt template {self.data.template!r}; "
+                              f"known: {list(PROMPT_TEMPLATES)}")
+        for key in ("train", "eval"):
+            name = getattr(self.data, key)
+            if name not in dataset_names():
+                close = difflib.get_close_matches(name, dataset_names(), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"data.{key}: unknown dataset {name!r}{hint}")
 
 
 def _get(obj, dotted: str):

@@ -599,3 +599,25 @@ def arithmetic_problems(
         )
         for it in arithmetic.generate(n, seed, level, split)
     ]
+
+
+class PromptStream:
+    """A seeded, epoch-shuffled stream of training problem indices; its position is part of a checkpoint."""
+
+    def __init__(self, n: int, seed: int, position: int = 0):
+        self.n, self.seed, self.position = n, seed, position
+        self._epoch, self._epoch_order = -1, []
+
+    def _order(self, epoch: int) -> list[int]:
+        if epoch != self._epoch:  # one shuffle per epoch, a pure function of (seed, epoch)
+            self._epoch_order = list(range(self.n))
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(self._epoch_order)
+            self._epoch = epoch
+        return self._epoch_order
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        for p in range(self.position, self.position + k):
+            out.append(self._order(p // self.n)[p % self.n])
+        self.position += k
+        return out

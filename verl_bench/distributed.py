@@ -9,16 +9,87 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+import torch.distributed as dist
 
 from verl_bench.config import TrainConfig, from_dict
 
 
+@dataclass
+class World:
+    """This process's place among the data-parallel workers (rank 0 of 1 when torch.distributed is off), and
+    the few collectives the loop needs. The loop backpropagates micro-batch by micro-batch outside any module
+    ``forward``, so DDP's hooks cannot average its gradients: ``average_gradients`` does it instead."""
+
+    rank: int = 0
+    size: int = 1
+
+    @classmethod
+    def current(cls) -> World:
+        if dist.is_available() and dist.is_initialized():
+            return cls(dist.get_rank(), dist.get_world_size())
+        return cls()
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Concatenate a 1-D/2-D tensor over workers (equal first dims), in rank order."""
+        if self.size == 1:
+            return t
+        parts = [torch.empty_like(t) for _ in range(self.size)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    def gather_objects(self, obj) -> list:
+        if self.size == 1:
+            return [obj]
+        out = [None] * self.size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def average_gradients(self, params, bucket_elements: int = 1 << 24) -> None:
+        """Replace each gradient by its mean over workers, as DDP would (a missing gradient counts as zero).
+
+        One all-reduce per bucket of ~16M elements keeps the extra memory to one bucket.
+        """
+        if self.size == 1:
+            return
+        params = [p for p in params if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        start = 0
+        while start < len(params):
+            end, elements = start, 0
+            while end < len(params) and (end == start or elements + params[end].numel() <= bucket_elements):
+                elements += params[end].numel()
+                end += 1
+            bucket = params[start:end]
+            flat = torch.cat([p.grad.reshape(-1) for p in bucket])
+            dist.all_reduce(flat)
+            flat /= self.size
+            for p, g in zip(bucket, flat.split([p.numel() for p in bucket])):
+                p.grad.copy_(g.view_as(p))
+            start = end
+
+    def sum(self, values: list[float]) -> list[float]:
+        if self.size == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def barrier(self) -> None:
+        if self.size > 1:
+            dist.barrier()
+
+
 def _worker(config: dict) -> None:
     import ray.train
-    import torch
 
-    from verl_bench.train import latest_checkpoint, train
+    from verl_bench.checkpoint import latest_checkpoint
+    from verl_bench.train import train
 
     cfg = from_dict(TrainConfig, config["cfg"])
     ctx = ray.train.get_context()
@@ -58,7 +129,6 @@ def _sweep_carry(report_keys: list[str] | None, resume_from):
     import socket
 
     import ray
-    import torch.distributed as dist
 
     from verl_bench.sweep.report import Carry
 

@@ -21,9 +21,11 @@ contiguous (left or right padding both work): the k-th masked row of a response 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-__all__ = ["effective_rank", "er_from_eigenvalues", "rank_dynamics", "velocity_acceleration"]
+__all__ = ["RankMetrics", "effective_rank", "er_from_eigenvalues", "rank_dynamics", "velocity_acceleration"]
 
 _P_EPS = 1e-8  # METHOD.md: p = s / (sum s + 1e-8), log(p + 1e-8)
 
@@ -108,6 +110,18 @@ def velocity_acceleration(prefix_er: torch.Tensor, valid: torch.Tensor) -> tuple
     return erv, era
 
 
+class RankMetrics(NamedTuple):
+    """The three rank metrics of a batch of responses, by name (each Tensor[B]); unpacks as (er, erv, era)."""
+
+    er: torch.Tensor
+    erv: torch.Tensor
+    era: torch.Tensor
+
+    def map(self, fn) -> RankMetrics:
+        """The same metrics with ``fn`` applied to each (a dtype or device move, a gather over workers)."""
+        return RankMetrics(*(fn(m) for m in self))
+
+
 def rank_dynamics(
     hidden: torch.Tensor,
     mask: torch.Tensor,
@@ -116,8 +130,8 @@ def rank_dynamics(
     *,
     dtype: torch.dtype = torch.float64,
     chunk_size: int = 32,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ER, ERV, ERA) per response, each Tensor[B] float32 on the input's device.
+) -> RankMetrics:
+    """RankMetrics(er, erv, era) per response, each Tensor[B] float32 on the input's device.
 
     ER is over the whole response. ERV/ERA are over H = the last ``window`` rows: the ERs of the growing
     prefixes H[:t+1] for t = stride, 2*stride, ... while t < rows(H); zero when rows(H) < 2*stride.
@@ -133,7 +147,7 @@ def rank_dynamics(
         ers.append(er)
         ervs.append(erv)
         eras.append(era)
-    return _cat(ers, hidden), _cat(ervs, hidden), _cat(eras, hidden)
+    return RankMetrics(_cat(ers, hidden), _cat(ervs, hidden), _cat(eras, hidden))
 
 
 def _dynamics_of_rows(rows, lengths, stride, window):

@@ -295,14 +295,15 @@ class ShapingOutput:
 
     def log_dict(self, prefix: str = "verl/") -> dict[str, float]:
         """Scalars for a logger: the means of Phi, beta and each rd, lambda, and whether shaping acted."""
+        # means in the tensors' own dtype (float64 in the loop), as the step's other metrics
         out = {
-            f"{prefix}phi_mean": float(self.phi.float().mean()) if self.phi.numel() else 0.0,
-            f"{prefix}beta_mean": float(self.beta.float().mean()) if self.beta.numel() else 0.0,
+            f"{prefix}phi_mean": float(self.phi.mean()) if self.phi.numel() else 0.0,
+            f"{prefix}beta_mean": float(self.beta.mean()) if self.beta.numel() else 0.0,
             f"{prefix}lambda": float(self.lam),
             f"{prefix}active": float(self.active),
         }
         for k, name in enumerate(METRICS):
-            out[f"{prefix}rd_{name}"] = float(self.rd[:, k].float().mean()) if self.rd.numel() else 0.0
+            out[f"{prefix}rd_{name}"] = float(self.rd[:, k].mean()) if self.rd.numel() else 0.0
             if self.mu is not None:
                 out[f"{prefix}mu_{name}"] = float(self.mu[k])
         return out

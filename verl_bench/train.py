@@ -1,6 +1,6 @@
-"""The GRPO training loop with the VERL rank-shaped advantage: one readable function.
+"""The GRPO training loop with the VERL rank-shaped advantage, as a recipe: ``setup``, the loop, ``save``/``restore``.
 
-    sample -> reward -> rank metrics -> shaping -> advantages -> clipped loss -> AdamW step -> report
+    sample -> reward -> rank metrics -> shaped advantages -> update -> report
 
 The sampler records the hidden states the rank metrics read, so advantages are known before the policy is
 scored with grad; the update then backpropagates each scoring micro-batch as soon as it is scored (only one
@@ -8,403 +8,256 @@ micro-batch's activations are ever alive, nothing is recomputed).
 
 ``train(cfg, report=...)`` is a plain function: it runs alone (``verl-bench train``), inside each Ray Train
 worker (``verl_bench.distributed`` wraps it; when torch.distributed is initialised the workers average their
-gradients, as DDP would) and inside a Tune trial. It never imports Ray. Checkpoints are HF folders (model +
-tokenizer, loadable as is by transformers, lm-eval and vLLM) plus ``trainer_state.pt`` (optimizer, shaper,
-data position, RNG), and a run resumes from its newest checkpoint exactly.
+gradients, as DDP would) and inside a Tune trial. It never imports Ray. Checkpoints (``verl_bench.checkpoint``)
+are HF folders plus the trainer state; a run resumes from its newest sound checkpoint exactly, and only under
+the config it was trained with (``verl_bench.runfolder``).
 """
 
 from __future__ import annotations
 
-import ctypes
-import json
 import math
-import os
-import random
-import resource
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.distributed as dist
 
 from verl_bench import data as data_lib
 from verl_bench import reward as reward_lib
-from verl_bench.config import TrainConfig, dump_config
+from verl_bench.checkpoint import (STATE_FILE, checkpoint_config, latest_checkpoint,
+                                   load_trainer_state, rng_state, save_checkpoint, seed_everything, set_rng_state)
+from verl_bench.config import ConfigError, TrainConfig
+from verl_bench.distributed import World
+from verl_bench.errors import UserError
 from verl_bench.grpo import policy_loss
+from verl_bench.metrics import METRIC_NAMES
 from verl_bench.models import load_model
 from verl_bench.policy import ResponseScorer, policy_backward, policy_forward
-from verl_bench.rank import rank_dynamics
-from verl_bench.rollout import ENGINES, SamplingParams
-from verl_bench.shaping import RankShaper, stack_metrics, token_advantages
+from verl_bench.rank import RankMetrics, rank_dynamics
+from verl_bench.rollout import ENGINES, Rollout, SamplingParams
+from verl_bench.runfolder import append_metrics, check_resume, record_config, truncate_metrics
+from verl_bench.shaping import RankShaper, ShapingOutput, stack_metrics, token_advantages
+from verl_bench.sysutil import keep_freed_memory, peak_rss_gb, pick_device
 
 Reporter = Callable[[dict, "Path | None"], None]
-STATE_FILE = "trainer_state.pt"
+Grader = Callable[..., list]  # (responses, golds, timeout_s=...) -> [reward.Grade]
+
+__all__ = ["METRIC_NAMES", "STATE_FILE", "NonFiniteError", "Run", "latest_checkpoint", "restore", "save",
+           "setup", "train"]
 
 
-# ------------------------------------------------------------------------------------------- helpers
+class NonFiniteError(UserError):
+    """Too many consecutive steps with a non-finite loss or gradient norm."""
+
+
 @dataclass
-class World:
-    rank: int = 0
-    size: int = 1
+class Run:
+    """Everything ``setup`` builds. What a checkpoint holds: ``lm``'s weights, ``optimizer``, ``shaper``,
+    ``stream``'s position, the RNGs and the non-finite step counters."""
 
-    @classmethod
-    def current(cls) -> World:
-        if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
-        return cls()
+    cfg: TrainConfig
+    world: World
+    run_dir: Path
+    device: torch.device
+    lm: torch.nn.Module  # the HF causal LM: sampled from, saved
+    tokenizer: object
+    scorer: ResponseScorer  # the same weights, scored with grad by the update
+    ref_scorer: ResponseScorer | None  # the frozen initial policy (only with a KL term)
+    optimizer: torch.optim.Optimizer
+    shaper: RankShaper
+    stream: data_lib.PromptStream
+    engine: object
+    grader: Grader
+    train_set: list
+    eval_set: list
+    train_prompts: list[str]
+    eval_prompts: list[str]
+    start_step: int = 0
+    config_version: int = 0
+    nonfinite: dict = field(default_factory=lambda: {"total": 0, "consecutive": 0})
 
-    def gather(self, t: torch.Tensor) -> torch.Tensor:
-        """Concatenate a 1-D/2-D tensor over workers (equal first dims), in rank order."""
-        if self.size == 1:
-            return t
-        parts = [torch.empty_like(t) for _ in range(self.size)]
-        dist.all_gather(parts, t.contiguous())
-        return torch.cat(parts)
+    def score(self, scorer, rollout: Rollout):
+        return policy_forward(scorer, rollout, **self.scoring)
 
-    def gather_objects(self, obj) -> list:
-        if self.size == 1:
-            return [obj]
-        out = [None] * self.size
-        dist.all_gather_object(out, obj)
-        return out
+    @property
+    def sampling(self) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(n=r.n, temperature=r.temperature, top_p=r.top_p, max_new_tokens=r.max_new_tokens,
+                              min_new_tokens=r.min_new_tokens)
 
-    def average_gradients(self, params, bucket_elements: int = 1 << 24) -> None:
-        """Replace each gradient by its mean over workers, as DDP would (a missing gradient counts as zero).
-
-        The update backpropagates micro-batch by micro-batch outside any module ``forward``, so DDP's hooks
-        cannot do this; one all-reduce per bucket of ~16M elements keeps the extra memory to one bucket.
-        """
-        if self.size == 1:
-            return
-        params = [p for p in params if p.requires_grad]
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        start = 0
-        while start < len(params):
-            end, elements = start, 0
-            while end < len(params) and (end == start or elements + params[end].numel() <= bucket_elements):
-                elements += params[end].numel()
-                end += 1
-            bucket = params[start:end]
-            flat = torch.cat([p.grad.reshape(-1) for p in bucket])
-            dist.all_reduce(flat)
-            flat /= self.size
-            for p, g in zip(bucket, flat.split([p.numel() for p in bucket])):
-                p.grad.copy_(g.view_as(p))
-            start = end
-
-    def sum(self, values: list[float]) -> list[float]:
-        if self.size == 1:
-            return values
-        t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t)
-        return t.tolist()
+    @property
+    def scoring(self) -> dict:
+        """One scoring set-up for the policy and the reference; the sampling temperature divides both."""
+        c = self.cfg
+        return {"chunk_tokens": c.logits_chunk_tokens, "temperature": c.rollout.temperature,
+                "micro_batch": c.micro_batch, "micro_batch_tokens": c.micro_batch_tokens,
+                "share_prompt": c.share_prompt}
 
 
-class PromptStream:
-    """A seeded, epoch-shuffled stream of problem indices; its position is part of the checkpoint."""
-
-    def __init__(self, n: int, seed: int, position: int = 0):
-        self.n, self.seed, self.position = n, seed, position
-        self._epoch, self._epoch_order = -1, []
-
-    def _order(self, epoch: int) -> list[int]:
-        if epoch != self._epoch:  # one shuffle per epoch, a pure function of (seed, epoch)
-            self._epoch_order = list(range(self.n))
-            random.Random(self.seed * 1_000_003 + epoch).shuffle(self._epoch_order)
-            self._epoch = epoch
-        return self._epoch_order
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        for p in range(self.position, self.position + k):
-            out.append(self._order(p // self.n)[p % self.n])
-        self.position += k
-        return out
-
-
-def _rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    ckpts = sorted((Path(run_dir) / "checkpoints").glob("step_*/" + STATE_FILE))
-    return ckpts[-1].parent if ckpts else None
-
-
-def save_checkpoint(run_dir: Path, step: int, model, tokenizer, optimizer, shaper, stream, keep: int,
-                    rng_states: list[dict]) -> Path:
-    """HF folder + trainer_state.pt, written to a temp folder and renamed (a kill never leaves half)."""
-    root = Path(run_dir) / "checkpoints"
-    final = root / f"step_{step:06d}"
-    tmp = root / f".tmp_step_{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    torch.save(
-        {"step": step, "optimizer": optimizer.state_dict(), "shaper": shaper.state_dict(),
-         "stream_position": stream.position, "rng": rng_states},
-        tmp / STATE_FILE,
-    )
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    if keep > 0:
-        for old in sorted(root.glob("step_*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-# ---------------------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def quick_eval(engine, problems, prompts, cfg: TrainConfig, world: World) -> dict:
-    """Greedy accuracy on this worker's shard of the held-out problems, summed over workers."""
-    mine = list(range(world.rank, len(problems), world.size))
-    if not mine:
-        totals = world.sum([0.0, 0.0, 0.0])
-    else:
-        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.eval_max_new_tokens
-                                or cfg.rollout.max_new_tokens)
-        roll = engine.generate([prompts[i] for i in mine], params)
-        grades = reward_lib.grade_batch(roll.texts, [problems[i].gold for i in mine], timeout_s=cfg.reward.timeout_s)
-        correct = sum(g.correct for g in grades)
-        totals = world.sum([float(correct), float(len(mine)), float(roll.response_lengths.sum())])
-    return {"val/accuracy": totals[0] / max(totals[1], 1), "val/problems": int(totals[1]),
-            "val/response_length": totals[2] / max(totals[1], 1)}
-
-
-# ------------------------------------------------------------------------------------------ the loop
-def keep_freed_memory(limit: int = 1 << 30) -> bool:
-    """Ask glibc to keep freed blocks under ``limit`` bytes for reuse instead of returning them to the OS.
-
-    By default a block over ~32 MB is mmap'ed and unmapped on free, so each scoring micro-batch's activations
-    and gradients land on fresh pages the kernel must fault in and zero: about a fifth of the update's time on
-    2 CPU cores (benchmarks/grpo_step.py), for a few hundred MB of peak RSS kept. No-op off glibc.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, limit))
-
-
+# ------------------------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | Path | None = None,
-          stop_after: int | None = None) -> dict:
+          stop_after: int | None = None, grader: Grader | None = None) -> dict:
     """Run (or resume) one GRPO/VERL training run. Returns the last step's metrics.
 
     ``report(metrics, checkpoint_dir_or_None)`` is called after every step; ``resume_from`` names a
-    checkpoint folder (default: the newest under ``cfg.run_dir``). ``stop_after`` ends the run early after
-    that many steps of this call (used to test interruption); the run's total length stays ``cfg.steps``.
+    checkpoint folder (default: the newest sound one under ``cfg.run_dir``). ``grader(responses, golds,
+    timeout_s=...)`` checks answers (default: ``verl_bench.reward.grade_batch``). ``stop_after`` ends the run
+    early after that many steps of this call (used to test interruption); the run's length stays ``cfg.steps``.
     """
-    world = World.current()
-    run_dir = Path(cfg.run_dir)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    if device.type == "cpu":
-        keep_freed_memory()
-    dtype = None if cfg.dtype == "auto" else cfg.dtype
-
-    # --- data: everything that can fail on bad input fails here, before the model is loaded
-    train_set = data_lib.load_problems(cfg.data.train, data_root=cfg.data.data_root, limit=cfg.data.train_size)
-    eval_set = data_lib.load_problems(cfg.data.eval, data_root=cfg.data.data_root, limit=cfg.data.eval_size)
-    if len(train_set) < 1:
-        raise ValueError(f"data.train {cfg.data.train!r}: no problems")
-
-    seed_everything(cfg.seed + world.rank)
-    ckpt = Path(resume_from) if resume_from else latest_checkpoint(run_dir)
-    # a resumed run loads its weights straight from the checkpoint's HF folder
-    model, tokenizer = load_model(ckpt if ckpt is not None else cfg.model, dtype=dtype, device=device)
-    if cfg.gradient_checkpointing:  # per decoder layer, inside each micro-batch (config: not with share_prompt)
-        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.x
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-    ref_model = None
-    if cfg.algo.kl_coef > 0:
-        ref_model, _ = load_model(cfg.model, dtype=dtype, device=device)
-        ref_model.requires_grad_(False).eval()
-    render = lambda q: data_lib.render_prompt(cfg.data.template, q, tokenizer)
-    train_prompts = [render(p.question) for p in train_set]
-    eval_prompts = [render(p.question) for p in eval_set]
-
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.algo.lr, weight_decay=cfg.algo.weight_decay,
-                                  fused=device.type in ("cpu", "cuda"))  # one pass over the weights, not ~10
-    shaper = RankShaper(cfg.shaping)
-    stream = PromptStream(len(train_set), cfg.seed)
-    start_step = 0
-    if ckpt is not None:
-        state = torch.load(ckpt / STATE_FILE, weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        for group in optimizer.param_groups:  # the saved groups carry the old run's lr: this config's wins
-            group["lr"], group["weight_decay"] = cfg.algo.lr, cfg.algo.weight_decay  # (PBT mutates them)
-        shaper.load_state_dict(state["shaper"])
-        stream.position = state["stream_position"]
-        start_step = state["step"]
-        rngs = state["rng"]
-        if len(rngs) == world.size:
-            _set_rng_state(rngs[world.rank])
-        else:  # resumed on a different number of workers: deterministic, but a new sampling stream
-            seed_everything(cfg.seed + 7919 * start_step + world.rank)
-        _truncate_metrics(world, run_dir, start_step)  # steps after the checkpoint will be redone
-        _log(world, f"resumed from {ckpt} at step {start_step}")
-    policy = model  # the HF model: sampled from, saved
-    model = ResponseScorer(policy)  # what scoring runs; workers average their gradients (World.average_gradients)
-    engine = ENGINES[cfg.rollout.engine](policy, tokenizer)
-    if world.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_dir / "config.yaml")
-
-    # one scoring setup for the policy and the reference; the sampling temperature divides both
-    scoring = {"chunk_tokens": cfg.logits_chunk_tokens, "temperature": cfg.rollout.temperature,
-               "micro_batch": cfg.micro_batch, "micro_batch_tokens": cfg.micro_batch_tokens,
-               "share_prompt": cfg.share_prompt}
-    score, backward = partial(policy_forward, **scoring), partial(policy_backward, **scoring)
-    sampling = SamplingParams(n=cfg.rollout.n, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                              max_new_tokens=cfg.rollout.max_new_tokens, min_new_tokens=cfg.rollout.min_new_tokens)
-    per_worker = cfg.rollout.prompts_per_step // world.size
+    run = setup(cfg, resume_from, grader)
+    world, per_worker = run.world, cfg.rollout.prompts_per_step // run.world.size
     metrics: dict = {}
-    if start_step == 0 and cfg.data.eval_size > 0:
-        metrics = {"step": 0, **quick_eval(engine, eval_set, eval_prompts, cfg, world)}
+    if run.start_step == 0 and cfg.data.eval_size > 0:
+        metrics = {"step": 0, "config_version": run.config_version, **validation(run)}
         _log(world, f"step 0 | val acc {metrics['val/accuracy']:.3f} on {metrics['val/problems']} problems")
-        if report:
-            report(metrics, None)
-        _append_jsonl(world, run_dir, metrics)
+        _emit(run, metrics, None, report)
 
-    for steps_this_call, step in enumerate(range(start_step + 1, cfg.steps + 1), start=1):
+    for steps_this_call, step in enumerate(range(run.start_step + 1, cfg.steps + 1), start=1):
         t0 = time.perf_counter()
-        policy.train()
-        # 1. sample: this worker's shard of the step's prompts
-        batch = stream.take(cfg.rollout.prompts_per_step)[world.rank * per_worker : (world.rank + 1) * per_worker]
-        rollout = engine.generate([train_prompts[i] for i in batch], sampling)
+        # 1. sample this worker's shard of the step's prompts, n responses each
+        run.lm.train()
+        prompts = run.stream.take(cfg.rollout.prompts_per_step)[world.rank * per_worker:(world.rank + 1) * per_worker]
+        rollout = run.engine.generate([run.train_prompts[i] for i in prompts], run.sampling)
         t_gen = time.perf_counter()
-
-        # 2. reward
-        golds = [train_set[batch[g]].gold for g in rollout.group_ids.tolist()]
-        grades = reward_lib.grade_batch(rollout.texts, golds, timeout_s=cfg.reward.timeout_s)
-        rewards = torch.tensor([reward_lib.scheme_reward(g.correct, g.boxed, cfg.reward.scheme) for g in grades])
-        correct = torch.tensor([float(g.correct) for g in grades])
+        # 2. reward each response
+        rewards, correct = grade(run, prompts, rollout)
         t_rew = time.perf_counter()
-
-        # 3. the post-norm hidden states of the response rows: recorded by the sampler, else one no-grad pass,
-        #    which also gives the old log-probs when several updates share this rollout
-        rollout = rollout.to(device)
-        mask = rollout.response_mask
-        single_update = cfg.algo.mini_batches == 1
-        hidden, old_logp = rollout.hidden, None  # one update per rollout: old log-probs = current, detached
-        if hidden is None or not single_update:
-            with torch.no_grad():
-                out = score(model, rollout)
-            hidden, old_logp = out.hidden, None if single_update else out.logprobs
-
-        # 4. rank metrics of each response (float64 Gram route; see verl_bench.rank)
-        er, erv, era = rank_dynamics(hidden, mask, stride=cfg.rank.stride, window=cfg.rank.window,
-                                     dtype=getattr(torch, cfg.rank.dtype))
-
-        # 5. shaping and advantages over the GLOBAL batch, so every worker holds the same baselines
-        offset = world.rank * per_worker
-        g_metrics = world.gather(stack_metrics(er, erv, era).to(torch.float64).cpu())
-        g_rewards = world.gather(rewards.to(torch.float64))
-        g_groups = world.gather(rollout.group_ids.cpu() + offset)
-        g_correct = world.gather(correct)
-        score_mean = sum(reward_lib.reward_to_task_score(r, cfg.reward.scheme) for r in g_rewards.tolist()) / len(g_rewards)
-        a0, bonus, shaped = shaper.sequence_advantages(g_rewards, g_groups, g_metrics, score_mean=score_mean,
-                                                       estimator=cfg.algo.estimator)
-        local = slice(world.rank * len(rewards), (world.rank + 1) * len(rewards))
-        adv = token_advantages(a0[local].float().to(device), mask,
-                               None if bonus is None else bonus[local].float().to(device), cfg.shaping.placement)
-
-        # 6. clipped policy loss (+ KL to the frozen reference, entropy bonus) and the optimizer step: each
-        #    scoring micro-batch backpropagates its share of the mini-batch's loss as soon as it is scored
-        ref_logp = None
-        if ref_model is not None:
-            with torch.no_grad():
-                ref_logp = score(ref_model, rollout).logprobs
-        stats_acc: dict[str, float] = {}
-        grad_norm = 0.0
-        minis = torch.randperm(len(rewards)).chunk(cfg.algo.mini_batches)
-        for mb in minis:
-            rows = torch.arange(len(rewards)) if single_update else mb
-            share = partial(_loss_share, rows=rows.to(device), old_logp=old_logp, adv=adv, mask=mask,
-                            ref_logp=ref_logp, algo=cfg.algo, stats=stats_acc, weight=1 / len(minis))
-            optimizer.zero_grad(set_to_none=True)
-            loss = backward(model, rollout if single_update else rollout.select(mb), share,
-                            with_entropy=cfg.algo.entropy_coef > 0)
-            world.average_gradients(model.parameters())
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.algo.max_grad_norm))
-            optimizer.step()
+        # 3. rank metrics of each response (and the old log-probs when several updates share the rollout)
+        rollout = rollout.to(run.device)
+        rank, old_logp = rank_metrics(run, rollout)
+        # 4. shaped advantages over the global batch (every worker holds the same baselines)
+        shaped = shaped_advantages(run, rollout, rewards, correct, rank)
+        # 5. the update: clipped loss (+ KL, entropy), gradients averaged over workers, one optimizer step per
+        #    mini-batch, skipped when the loss or the gradient norm is not finite
+        upd = update(run, step, rollout, shaped, old_logp)
         t_end = time.perf_counter()
-
-        # 7. metrics, checkpoint, report
-        lengths = rollout.response_lengths.float().cpu()
-        n_tokens = world.sum([float(lengths.sum())])[0]
-        metrics = {
-            "step": step,
-            "reward/mean": float(g_rewards.mean()), "reward/std": float(g_rewards.std()) if len(g_rewards) > 1 else 0.0,
-            "accuracy": float(g_correct.mean()),
-            "response_length": float(lengths.mean()),
-            "rank/er": float(g_metrics[:, 2].mean()), "rank/erv": float(g_metrics[:, 1].mean()),
-            "rank/era": float(g_metrics[:, 0].mean()),
-            "verl/beta_mean": float(shaped.beta.mean()), "verl/phi_mean": float(shaped.phi.mean()),
-            "verl/frac_shaped": float((bonus > 0).float().mean()) if bonus is not None else
-            float(shaped.active and cfg.shaping.target == "reward"),
-            "verl/lambda": float(shaped.lam),
-            "loss": float(loss), "kl": stats_acc.get("kl", 0.0), "entropy": stats_acc.get("entropy", 0.0),
-            "clip_frac": stats_acc.get("clip_frac", 0.0), "grad_norm": grad_norm,
+        # 6. report, validate, checkpoint
+        metrics = step_metrics(run, step, rollout, shaped, upd, {
             "time/step_s": t_end - t0, "time/generate_s": t_gen - t0, "time/reward_s": t_rew - t_gen,
-            "time/update_s": t_end - t_rew, "tokens_per_s": n_tokens / (t_end - t0),
-            "memory/peak_rss_gb": peak_rss_gb(),
-        }
-        if device.type == "cuda":
-            metrics["memory/peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            "time/update_s": t_end - t_rew})
         if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.steps:
-            metrics.update(quick_eval(engine, eval_set, eval_prompts, cfg, world) if cfg.data.eval_size else {})
-        ckpt_dir = None
-        if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps:
-            rng_states = world.gather_objects(_rng_state())  # every worker's sampler resumes exactly
-            if world.rank == 0:
-                ckpt_dir = save_checkpoint(run_dir, step, policy, tokenizer, optimizer, shaper, stream,
-                                           cfg.keep_checkpoints, rng_states)
-            if world.size > 1:
-                dist.barrier()
+            metrics.update(validation(run) if cfg.data.eval_size else {})
+        due = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps
         _log(world, _progress(metrics, cfg.steps))
-        _append_jsonl(world, run_dir, metrics)
-        if report:
-            report(metrics, ckpt_dir)
+        _emit(run, metrics, save(run, step) if due else None, report)
+        if run.nonfinite["consecutive"] >= cfg.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"step {step}: the loss or gradient norm was not finite for {run.nonfinite['consecutive']} steps "
+                f"in a row (max_nonfinite_steps {cfg.max_nonfinite_steps}); the weights are those of step "
+                f"{step - run.nonfinite['consecutive']}: lower algo.lr or check the data")
         if stop_after is not None and steps_this_call >= stop_after:
             break
     return metrics
+
+
+# --------------------------------------------------------------------------------------------- phases
+def grade(run: Run, prompts: list[int], rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reward, correct) per response, from the grader's verdict on its answer."""
+    golds = [run.train_set[prompts[g]].gold for g in rollout.group_ids.tolist()]
+    grades = run.grader(rollout.texts, golds, timeout_s=run.cfg.reward.timeout_s)
+    scheme = run.cfg.reward.scheme
+    rewards = torch.tensor([reward_lib.scheme_reward(g.correct, g.boxed, scheme) for g in grades])
+    return rewards, torch.tensor([float(g.correct) for g in grades])
+
+
+def rank_metrics(run: Run, rollout: Rollout) -> tuple[RankMetrics, torch.Tensor | None]:
+    """ER, ERV, ERA of each response from the post-norm hidden states of its tokens (float64 Gram route).
+
+    The sampler records those states; otherwise (or when several mini-batches need the old log-probs) one
+    no-grad scoring pass gives them. Returns the old log-probs too (None: one update per rollout, where the
+    old policy is the current one).
+    """
+    cfg = run.cfg
+    hidden, old_logp = rollout.hidden, None
+    if hidden is None or cfg.algo.mini_batches > 1:
+        with torch.no_grad():
+            out = run.score(run.scorer, rollout)
+        hidden, old_logp = out.hidden, (out.logprobs if cfg.algo.mini_batches > 1 else None)
+    rank = rank_dynamics(hidden, rollout.response_mask, stride=cfg.rank.stride, window=cfg.rank.window,
+                         dtype=getattr(torch, cfg.rank.dtype))
+    return rank, old_logp
+
+
+@dataclass
+class Shaped:
+    """The global batch (every worker's responses, in rank order) and this worker's token advantages."""
+
+    advantages: torch.Tensor  # (B_local, T): this worker's responses
+    rewards: torch.Tensor  # (B_global,) float64
+    correct: torch.Tensor
+    rank: RankMetrics  # float64, global
+    bonus: torch.Tensor | None  # the VERL bonus per response (advantage target), global
+    shaping: ShapingOutput
+    shaper_before: dict  # the shaper's state before this batch: restored when the step is skipped
+
+
+def shaped_advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, correct: torch.Tensor,
+                      rank: RankMetrics) -> Shaped:
+    """Group advantages shaped by the VERL bonus, computed on the batch gathered from every worker so all
+    workers update the same baselines; each keeps the token advantages of its own responses."""
+    world, cfg = run.world, run.cfg
+    offset = world.rank * (cfg.rollout.prompts_per_step // world.size)
+    g_rank = rank.map(lambda m: world.gather(m.to(torch.float64).cpu()))
+    g_rewards = world.gather(rewards.to(torch.float64))
+    g_groups = world.gather(rollout.group_ids.cpu() + offset)
+    g_correct = world.gather(correct)
+    score_mean = sum(reward_lib.reward_to_task_score(r, cfg.reward.scheme) for r in g_rewards.tolist()) / len(g_rewards)
+    before = run.shaper.state_dict()
+    a0, bonus, shaping = run.shaper.sequence_advantages(g_rewards, g_groups, stack_metrics(*g_rank),
+                                                        score_mean=score_mean, estimator=cfg.algo.estimator)
+    mine = slice(world.rank * len(rewards), (world.rank + 1) * len(rewards))
+    adv = token_advantages(a0[mine].float().to(run.device), rollout.response_mask,
+                           None if bonus is None else bonus[mine].float().to(run.device), cfg.shaping.placement)
+    return Shaped(adv, g_rewards, g_correct, g_rank, bonus, shaping, before)
+
+
+@dataclass
+class UpdateResult:
+    loss: float  # mean over the mini-batches
+    grad_norm: float  # mean over the mini-batches (before clipping)
+    stats: dict  # policy_loss's statistics, weighted over micro- and mini-batches
+    skipped: bool  # a non-finite loss or gradient norm: no optimizer step, the shaper rolled back
+
+
+def update(run: Run, step: int, rollout: Rollout, shaped: Shaped, old_logp: torch.Tensor | None) -> UpdateResult:
+    """Clipped policy loss and one optimizer step per mini-batch (a single mini-batch is the whole rollout).
+
+    Each scoring micro-batch backpropagates its share of the mini-batch's loss as soon as it is scored.
+    Before each ``optimizer.step`` a non-finite loss or gradient norm (on any worker) ends the update: no step,
+    and the shaper's baselines go back to what they were before this batch, so the step leaves no trace.
+    """
+    cfg, world = run.cfg, run.world
+    ref_logp = None
+    if run.ref_scorer is not None:
+        with torch.no_grad():
+            ref_logp = run.score(run.ref_scorer, rollout).logprobs
+    n, stats, losses, norms = len(rollout.texts), {}, [], []
+    minis = [mb.sort().values for mb in torch.randperm(n).chunk(cfg.algo.mini_batches)]  # rollout order inside
+    for rows in minis:
+        share = partial(_loss_share, rows=rows.to(run.device), old_logp=old_logp, adv=shaped.advantages,
+                        mask=rollout.response_mask, ref_logp=ref_logp, algo=cfg.algo, stats=stats,
+                        weight=1 / len(minis))
+        run.optimizer.zero_grad(set_to_none=True)
+        loss = float(policy_backward(run.scorer, rollout.select(rows), share, **run.scoring,
+                                     with_entropy=cfg.algo.entropy_coef > 0))
+        world.average_gradients(run.scorer.parameters())
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.scorer.parameters(), cfg.algo.max_grad_norm))
+        losses.append(loss)
+        norms.append(grad_norm)
+        if world.sum([float(not (math.isfinite(loss) and math.isfinite(grad_norm)))])[0] > 0:
+            run.optimizer.zero_grad(set_to_none=True)
+            run.shaper.load_state_dict(shaped.shaper_before)
+            run.nonfinite["total"] += 1
+            run.nonfinite["consecutive"] += 1
+            _log(world, f"step {step}: non-finite loss {loss} or gradient norm {grad_norm}: step skipped "
+                        f"({run.nonfinite['consecutive']} in a row)")
+            return UpdateResult(loss, grad_norm, stats, skipped=True)
+        run.optimizer.step()
+    run.nonfinite["consecutive"] = 0
+    return UpdateResult(sum(losses) / len(losses), sum(norms) / len(norms), stats, skipped=False)
 
 
 def _loss_share(idx, logp, entropy, *, rows, old_logp, adv, mask, ref_logp, algo, stats: dict, weight: float):
@@ -431,11 +284,156 @@ def _loss_share(idx, logp, entropy, *, rows, old_logp, adv, mask, ref_logp, algo
     return loss * part
 
 
+def step_metrics(run: Run, step: int, rollout: Rollout, shaped: Shaped, upd: UpdateResult, times: dict) -> dict:
+    """The step's row: global-batch rewards and rank metrics, the shaping output's own log, the update's
+    statistics (kl and entropy only when their coefficient makes them computed), time and memory."""
+    cfg, world = run.cfg, run.world
+    lengths = rollout.response_lengths.float().cpu()
+    n_tokens = world.sum([float(lengths.sum())])[0]
+    rewards = shaped.rewards
+    frac_shaped = (float((shaped.bonus > 0).float().mean()) if shaped.bonus is not None else
+                   float(shaped.shaping.active and cfg.shaping.target == "reward"))
+    metrics = {
+        "step": step, "config_version": run.config_version,
+        "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+        "accuracy": float(shaped.correct.mean()), "response_length": float(lengths.mean()),
+        "rank/er": float(shaped.rank.er.mean()), "rank/erv": float(shaped.rank.erv.mean()),
+        "rank/era": float(shaped.rank.era.mean()),
+        **shaped.shaping.log_dict("verl/"), "verl/frac_shaped": frac_shaped,
+        "loss": upd.loss, "grad_norm": upd.grad_norm, "clip_frac": upd.stats.get("clip_frac", 0.0),
+        "train/nonfinite_steps": run.nonfinite["total"],
+        **({"kl": upd.stats.get("kl", 0.0)} if cfg.algo.kl_coef > 0 else {}),
+        **({"entropy": upd.stats.get("entropy", 0.0)} if cfg.algo.entropy_coef > 0 else {}),
+        **times, "tokens_per_s": n_tokens / times["time/step_s"], "memory/peak_rss_gb": peak_rss_gb(),
+    }
+    if run.device.type == "cuda":
+        metrics["memory/peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return metrics
+
+
+@torch.no_grad()
+def validation(run: Run) -> dict:
+    """Greedy accuracy on this worker's shard of the held-out problems, summed over workers."""
+    cfg, world, problems = run.cfg, run.world, run.eval_set
+    mine = list(range(world.rank, len(problems), world.size))
+    if not mine:
+        totals = world.sum([0.0, 0.0, 0.0])
+    else:
+        params = SamplingParams(n=1, temperature=0.0, max_new_tokens=cfg.rollout.eval_max_new_tokens
+                                or cfg.rollout.max_new_tokens)
+        roll = run.engine.generate([run.eval_prompts[i] for i in mine], params)
+        grades = run.grader(roll.texts, [problems[i].gold for i in mine], timeout_s=cfg.reward.timeout_s)
+        correct = sum(g.correct for g in grades)
+        totals = world.sum([float(correct), float(len(mine)), float(roll.response_lengths.sum())])
+    return {"val/accuracy": totals[0] / max(totals[1], 1), "val/problems": int(totals[1]),
+            "val/response_length": totals[2] / max(totals[1], 1)}
+
+
+# --------------------------------------------------------------------------------- setup, save, restore
+def setup(cfg: TrainConfig, resume_from: str | Path | None = None, grader: Grader | None = None) -> Run:
+    """Everything the loop needs, the cheap checks first: the config (again: a caller may have built it by
+    hand), the data, the checkpoint to resume from and whether this config may resume it; then the models,
+    the optimizer and the shaper, restored from the checkpoint when there is one."""
+    cfg.validate()
+    world, run_dir = World.current(), Path(cfg.run_dir)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()
+    train_set = data_lib.load_problems(cfg.data.train, data_root=cfg.data.data_root, limit=cfg.data.train_size)
+    eval_set = data_lib.load_problems(cfg.data.eval, data_root=cfg.data.data_root, limit=cfg.data.eval_size)
+    if not train_set:
+        raise data_lib.DataError(f"data.train {cfg.data.train!r}: no problems")
+    ckpt = Path(resume_from) if resume_from else latest_checkpoint(run_dir)
+    if ckpt is not None:
+        for key, old, new in check_resume(checkpoint_config(ckpt), cfg, ckpt):
+            _log(world, f"resuming with {key}: {old!r} -> {new!r}")
+    elif Path(cfg.model).is_dir() and not any(Path(cfg.model).glob("*.safetensors")):
+        raise ConfigError(f"model: {cfg.model}: no safetensors weights (pickled .bin weights are never loaded)")
+
+    seed_everything(cfg.seed + world.rank)
+    dtype = None if cfg.dtype == "auto" else cfg.dtype
+    lm, tokenizer = load_model(ckpt if ckpt is not None else cfg.model, dtype=dtype, device=device)
+    if cfg.gradient_checkpointing:  # per decoder layer, inside each micro-batch (config: not with share_prompt)
+        if hasattr(lm, "activation_checkpointing_enable"):  # the name since transformers 5.x
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        lm.config.use_cache = False
+    ref_scorer = None
+    if cfg.algo.kl_coef > 0:
+        ref_lm, _ = load_model(cfg.model, dtype=dtype, device=device)
+        ref_scorer = ResponseScorer(ref_lm.requires_grad_(False).eval())
+    render = partial(data_lib.render_prompt, cfg.data.template, tokenizer=tokenizer)
+    run = Run(
+        cfg=cfg, world=world, run_dir=run_dir, device=device, lm=lm, tokenizer=tokenizer,
+        scorer=ResponseScorer(lm), ref_scorer=ref_scorer,
+        optimizer=torch.optim.AdamW(lm.parameters(), lr=cfg.algo.lr, weight_decay=cfg.algo.weight_decay,
+                                    fused=device.type in ("cpu", "cuda")),  # one pass over the weights, not ~10
+        shaper=RankShaper(cfg.shaping), stream=data_lib.PromptStream(len(train_set), cfg.seed),
+        engine=ENGINES[cfg.rollout.engine](lm, tokenizer), grader=grader or reward_lib.grade_batch,
+        train_set=train_set, eval_set=eval_set,
+        train_prompts=[render(p.question) for p in train_set], eval_prompts=[render(p.question) for p in eval_set],
+    )
+    if ckpt is not None:
+        restore(run, ckpt)
+    if world.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        truncate_metrics(run_dir, run.start_step if ckpt is not None else -1)  # later steps will be redone
+        run.config_version = record_config(run_dir, cfg, run.start_step)
+    run.config_version = world.gather_objects(run.config_version)[0]
+    return run
+
+
+def save(run: Run, step: int) -> Path | None:
+    """Checkpoint the run after ``step`` (rank 0 writes; every worker's RNG state is in it). The mirror of
+    ``restore``."""
+    rngs = run.world.gather_objects(rng_state())  # every worker's sampler resumes exactly
+    folder = None
+    if run.world.rank == 0:
+        state = {"step": step, "optimizer": run.optimizer.state_dict(), "shaper": run.shaper.state_dict(),
+                 "stream_position": run.stream.position, "rng": rngs, "nonfinite": dict(run.nonfinite)}
+        folder = save_checkpoint(run.run_dir, step, run.lm, run.tokenizer, state, run.cfg.to_dict(),
+                                 run.cfg.keep_checkpoints)
+    run.world.barrier()
+    return folder
+
+
+def restore(run: Run, folder: Path) -> None:
+    """Put the run in the state ``save`` wrote to ``folder`` (the weights were loaded from it by ``setup``);
+    this config's lr and weight decay win over the saved optimizer groups (PBT mutates them)."""
+    state = load_trainer_state(folder)
+    cfg, world = run.cfg, run.world
+    run.optimizer.load_state_dict(state["optimizer"])
+    for group in run.optimizer.param_groups:
+        group["lr"], group["weight_decay"] = cfg.algo.lr, cfg.algo.weight_decay
+    run.shaper.load_state_dict(state["shaper"])
+    run.stream.position = state["stream_position"]
+    run.nonfinite = dict(state["nonfinite"])
+    run.start_step = state["step"]
+    if len(state["rng"]) == world.size:
+        set_rng_state(state["rng"][world.rank])
+    else:  # resumed on a different number of workers: deterministic, but a new sampling stream
+        seed_everything(cfg.seed + 7919 * run.start_step + world.rank)
+    _log(world, f"resumed from {folder} at step {run.start_step}")
+
+
+# ------------------------------------------------------------------------------------------ reporting
+def _emit(run: Run, metrics: dict, checkpoint: Path | None, report: Reporter | None) -> None:
+    if run.world.rank == 0:
+        append_metrics(run.run_dir, metrics)
+    if report:
+        report(metrics, checkpoint)
+
+
 def _progress(m: dict, total: int) -> str:
     s = (f"step {m['step']}/{total} | reward {m['reward/mean']:+.3f} acc {m['accuracy']:.3f} | "
          f"len {m['response_length']:.0f} | ER {m['rank/er']:.1f} ERV {m['rank/erv']:.2f} ERA {m['rank/era']:.2f} | "
          f"phi {m['verl/phi_mean']:+.3f} shaped {m['verl/frac_shaped']:.2f} | {m['time/step_s']:.1f}s "
          f"{m['tokens_per_s']:.0f} tok/s | rss {m['memory/peak_rss_gb']:.1f} GB")
+    if m["train/nonfinite_steps"]:
+        s += f" | non-finite {m['train/nonfinite_steps']}"
     if "val/accuracy" in m:
         s += f" | val acc {m['val/accuracy']:.3f}"
     return s
@@ -444,19 +442,3 @@ def _progress(m: dict, total: int) -> str:
 def _log(world: World, msg: str) -> None:
     if world.rank == 0:
         print(msg, file=sys.stderr, flush=True)
-
-
-def _append_jsonl(world: World, run_dir: Path, metrics: dict) -> None:
-    if world.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with open(run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-                                for k, v in metrics.items()}) + "\n")
-
-
-def _truncate_metrics(world: World, run_dir: Path, last_step: int) -> None:
-    path = run_dir / "metrics.jsonl"
-    if world.rank != 0 or not path.is_file():
-        return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
-    path.write_text("".join(line + "\n" for line in keep))

@@ -26,9 +26,7 @@ SCHEDULER_KEYS = {  # the keys each scheduler kind reads besides `kind`
 TOP_KEYS = ("base", "space", "search", "scheduler", "metric", "mode", "num_samples", "resources",
             "max_concurrent", "max_failures", "name", "storage")
 # what verl_bench.train.train reports (val/* only at eval steps and the last step)
-KNOWN_METRICS = ("reward/mean", "reward/std", "accuracy", "response_length", "rank/er", "rank/erv", "rank/era",
-                 "verl/beta_mean", "verl/phi_mean", "verl/frac_shaped", "verl/lambda", "loss", "kl", "entropy",
-                 "clip_frac", "grad_norm", "tokens_per_s", "val/accuracy", "val/response_length")
+from verl_bench.metrics import METRIC_NAMES as KNOWN_METRICS  # noqa: E402
 # Keys PBT may change when it restarts a trial from another trial's checkpoint: train() reads them afresh at
 # every (re)start and the checkpoint holds nothing that depends on them (it re-applies lr and weight decay
 # after loading the optimizer state). Every other key fixes what a checkpoint means (model, data, seed,
