@@ -21,8 +21,14 @@ import torch
 
 from verl_bench import checkpoint as ckpt_lib
 from verl_bench import train as train_lib
-from verl_bench.checkpoint import (MANIFEST_FILE, STATE_FILE, CheckpointError, checkpoint_problem,
-                                   latest_checkpoint, load_trainer_state)
+from verl_bench.checkpoint import (
+    MANIFEST_FILE,
+    STATE_FILE,
+    CheckpointError,
+    checkpoint_problem,
+    latest_checkpoint,
+    load_trainer_state,
+)
 from verl_bench.config import ConfigError, load_config
 from verl_bench.data import PromptStream
 from verl_bench.distributed import World

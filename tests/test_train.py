@@ -10,10 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl_bench import reward as reward_lib
+from verl_bench import train as train_lib
 from verl_bench.checkpoint import STATE_FILE, latest_checkpoint, load_trainer_state
 from verl_bench.config import ConfigError, load_config
 from verl_bench.metrics import METRIC_NAMES, STEP_METRICS
-from verl_bench import train as train_lib
 from verl_bench.train import train
 
 TINY = "tiny:test"

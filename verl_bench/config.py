@@ -18,8 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
-from verl_bench.shaping import ShapingConfig
 from verl_bench.errors import UserError
+from verl_bench.shaping import ShapingConfig
 
 
 class ConfigError(UserError):

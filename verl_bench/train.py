@@ -27,8 +27,16 @@ import torch
 
 from verl_bench import data as data_lib
 from verl_bench import reward as reward_lib
-from verl_bench.checkpoint import (STATE_FILE, checkpoint_config, latest_checkpoint,
-                                   load_trainer_state, rng_state, save_checkpoint, seed_everything, set_rng_state)
+from verl_bench.checkpoint import (
+    STATE_FILE,
+    checkpoint_config,
+    latest_checkpoint,
+    load_trainer_state,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from verl_bench.config import ConfigError, TrainConfig
 from verl_bench.distributed import World
 from verl_bench.errors import UserError
@@ -37,13 +45,13 @@ from verl_bench.metrics import METRIC_NAMES
 from verl_bench.models import load_model
 from verl_bench.policy import ResponseScorer, policy_backward, policy_forward
 from verl_bench.rank import RankMetrics, rank_dynamics
+from verl_bench.reward import Grader
 from verl_bench.rollout import ENGINES, Rollout, SamplingParams
 from verl_bench.runfolder import append_metrics, check_resume, record_config, truncate_metrics
 from verl_bench.shaping import RankShaper, ShapingOutput, stack_metrics, token_advantages
 from verl_bench.sysutil import keep_freed_memory, peak_rss_gb, pick_device
 
 Reporter = Callable[[dict, "Path | None"], None]
-Grader = Callable[..., list]  # (responses, golds, timeout_s=...) -> [reward.Grade]
 
 __all__ = ["METRIC_NAMES", "STATE_FILE", "NonFiniteError", "Run", "latest_checkpoint", "restore", "save",
            "setup", "train"]
