@@ -57,7 +57,8 @@ def full(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         samples = _patch_frames(mp, (0, 1, 2))
         page = build_report([study, sweep], root / "out", n_boot=10, progress=lines.append)
-    return {"page": page, "html": page.read_text(), "samples": samples, "out": root / "out", "lines": lines}
+    return {"page": page, "html": page.read_text(), "samples": samples, "out": root / "out", "lines": lines,
+            "sweep": sweep}
 
 
 def test_sections_and_progress(full):
@@ -106,7 +107,7 @@ def test_files_exist_and_parse(full):
 def test_numbers_equal_the_statistics_functions(full):
     from verl_bench.analysis import stats
 
-    samples, out, html = full["samples"], full["out"], unescape(full["html"])
+    samples, out, html = stats.last_step(full["samples"]), full["out"], unescape(full["html"])
     acc = T.accuracy_long(stats.accuracy_table(samples))
     got = pd.read_csv(out / "tables" / "accuracy.csv")
     key = ["model", "arm", "benchmark"]
@@ -132,9 +133,25 @@ def test_numbers_equal_the_statistics_functions(full):
     wording = {"better": "verl is better than grpo", "worse": "verl is worse than grpo"}
     assert wording.get(primary.verdict, primary.verdict.capitalize()) in html
 
-    curves = stats.pass_at_k_curve(samples, [1, 2, 4])
+    curves = stats.pass_at_k_curve(stats.last_step(samples), [1, 2, 4])
     got = pd.read_csv(out / "tables" / "pass_at_k.csv")
     np.testing.assert_allclose(got["mean"].to_numpy(), curves["mean"].to_numpy(), rtol=1e-12)
+
+
+def test_sweep_numbers_equal_the_hpo_functions(full):
+    from verl_bench.analysis import hpo
+
+    trials = hpo.trial_table(full["sweep"])
+    floor = hpo.seed_noise_floor(trials, "val/accuracy")
+    assert floor is not None and f"Seed-noise floor: {floor:.4g}" in unescape(full["html"])
+    knobs = ["shaping.kappa", "shaping.tau", "shaping.mode"]  # the seed is no knob
+    want = hpo.knob_importance(trials, knobs, "val/accuracy", n_boot=10).set_index("knob")
+    got = pd.read_csv(full["out"] / "tables" / "sweep_0_fake_sweep_importance.csv").set_index("knob")
+    assert sorted(got.index) == sorted(knobs)
+    for col in ("importance", "ci_low", "ci_high"):
+        np.testing.assert_allclose(got.loc[knobs, col], want.loc[knobs, col], rtol=1e-9)
+    best = trials.loc[trials["val/accuracy"].idxmax()]
+    assert f"val/accuracy = {best['val/accuracy']:.4g}" in full["html"]
 
 
 def test_one_seed_says_seed_variance_was_not_measured(tmp_path):

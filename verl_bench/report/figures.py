@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib import rc_context
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 ARM_COLOURS = {"base": "#7f7f7f", "grpo": "#1f77b4", "verl": "#d95f02"}
 OTHER_COLOURS = ["#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#17becf"]
@@ -103,6 +104,9 @@ def pass_at_k_figure(curves: pd.DataFrame, arms: list[str], model: str) -> Figur
             if g["ci_low"].notna().any():
                 ax.fill_between(g["k"], 100 * g["ci_low"], 100 * g["ci_high"], color=c, alpha=0.18, lw=0)
         ax.set_xscale("log", base=2)
+        ks = sorted(curves["k"].unique())
+        ax.set_xticks(ks, [str(int(k)) for k in ks])
+        ax.minorticks_off()
         ax.set_title(bench)
         ax.set_xlabel("k")
         ax.set_ylabel("pass@k, %")
@@ -127,6 +131,7 @@ def dynamics_figure(bands: pd.DataFrame, panels: list[tuple[str, str]], arms: li
                 ax.fill_between(g["step"], g["low"], g["high"], color=c, alpha=0.2, lw=0)
         ax.set_title(title)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if panels:
         axes[0].legend(fontsize=7, frameon=False)
     fig.suptitle(model)

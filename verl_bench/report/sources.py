@@ -162,9 +162,13 @@ def provenance(n_lines: int = 4) -> dict:
     if root:
         f = Path(root) / "PROVENANCE.md"
         if f.is_file():
-            # the heading and prose; its tables (lines starting with "|") are in the file itself
-            lines = [ln for ln in f.read_text(errors="replace").splitlines()
-                     if ln.strip() and not ln.lstrip().startswith("|")][:n_lines]
+            # the title and the prose under it, up to the first table or the next heading
+            for i, ln in enumerate(f.read_text(errors="replace").splitlines()):
+                if i and ln.lstrip().startswith(("|", "#")):
+                    break
+                if ln.strip():
+                    lines.append(ln)
+            lines = lines[:n_lines]
     return {"root": root or "(VERL_BENCH_DATA not set)", "lines": lines}
 
 
