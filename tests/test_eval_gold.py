@@ -31,7 +31,8 @@ from verl_bench.audit import (
     probe_answers,
 )
 from verl_bench.data import BENCHMARKS, DATA_ENV, load_problems
-from verl_bench.reward import grade_response, shutdown_verifier
+from verl_bench.reward import grade_response
+from verl_bench.verifier import shutdown_verifier
 
 DATA = Path(os.environ.get(DATA_ENV) or "/work/shared/data/math")
 needs_data = pytest.mark.skipif(

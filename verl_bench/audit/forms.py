@@ -6,9 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from verl_bench.audit.grader import as_number
+from verl_bench.answers import as_number, normalize_answer
 from verl_bench.data import DatasetSpec
-from verl_bench.reward import normalize_answer
 
 __all__ = ["MAX_PROBES", "choice_options", "model_response", "probe_answers", "raw_answer", "same_text",
            "stored_gold"]  # fmt: skip

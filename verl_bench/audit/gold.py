@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from verl_bench.answers import extract_answer, fast_check
 from verl_bench.audit.forms import model_response, probe_answers, raw_answer, stored_gold
-from verl_bench.audit.grader import fast_check, mv_equal, mv_parse
+from verl_bench.audit.grader import mv_equal, mv_parse
 from verl_bench.audit.known import DOCUMENTED_EXCEPTIONS
 from verl_bench.audit.references import check_reference, reference_of
 from verl_bench.data import (
@@ -20,7 +21,7 @@ from verl_bench.data import (
     load_problems_with_stats,
     resolve_data_root,
 )
-from verl_bench.reward import extract_answer, verify_many
+from verl_bench.verifier import verify_many
 
 __all__ = ["CHECKS", "DEFAULT_TIMEOUT_S", "SELF_CHECKS", "Failure", "GoldReport", "check_gold", "run_checks"]
 

@@ -1,5 +1,5 @@
-"""The grader's pieces the audit runs in this process: its number reading and fast path, and math-verify
-set up as in the grader's worker, with each gold parsed once.
+"""math-verify as the grader's worker sets it up (verl_bench.verifier), run in this process, so that each
+gold is parsed once.
 
 Gold answers and number probes are trusted input, unlike model output (which only ever goes to the
 grader's worker pool), so math-verify runs here directly, with its own signal-based timeouts when in
@@ -11,11 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 
-from verl_bench.reward import _E_NOTATION_RE
-from verl_bench.reward import _as_number as as_number  # TODO(H8): public names from verl_bench.answers
-from verl_bench.reward import _fast_check as fast_check
+from verl_bench.answers import E_NOTATION_RE
 
-__all__ = ["as_number", "fast_check", "mv_equal", "mv_parse"]
+__all__ = ["mv_equal", "mv_parse"]
 
 _MV: list | None = None
 # Generous: golds are trusted input, and a check should fail on the answer, not on a busy machine (5 s
@@ -36,7 +34,7 @@ def mv_parse(answer: str) -> list:
     if _MV is None:
         logging.getLogger("math_verify").setLevel(logging.CRITICAL)
         _MV = [LatexExtractionConfig(), ExprExtractionConfig()]
-    a = _E_NOTATION_RE.sub(r"\1\\times10^{\2}", answer.strip())
+    a = E_NOTATION_RE.sub(r"\1\\times10^{\2}", answer.strip())
     try:
         return parse("\\boxed{" + a + "}", extraction_config=_MV, parsing_timeout=_mv_timeout())
     except Exception:  # noqa: BLE001 - the worker counts any error as "wrong"

@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from verl_bench.answers import extract_answer, extract_boxed
 from verl_bench.audit.forms import choice_options, same_text
 from verl_bench.data import DatasetSpec, Problem
-from verl_bench.reward import extract_answer, extract_boxed, verify
+from verl_bench.verifier import verify
 
 __all__ = ["Reference", "check_reference", "reference_of"]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from verl_bench.audit.gold import DEFAULT_TIMEOUT_S
 from verl_bench.audit.known import DOCUMENTED_CONFLICTS
 from verl_bench.data import BENCHMARKS, Problem, load_problems_with_stats
-from verl_bench.reward import verify_many
+from verl_bench.verifier import verify_many
 
 __all__ = ["DuplicateGroup", "check_duplicates", "question_key"]
 
