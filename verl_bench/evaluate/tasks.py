@@ -16,11 +16,9 @@ from verl_bench.evaluate.metrics import problem_metrics
 from verl_bench.evaluate.presets import EvalPreset
 from verl_bench.reward import DEFAULT_TIMEOUT_S, grade_batch
 
-BENCHMARKS = ("gsm8k", "math500", "minerva_math", "olympiadbench", "aime24", "aime25", "amc23", "amc24",
-              "gaokao2023en", "gaokao2024_I", "gaokao2024_II", "gaokao2024_mix")
+BENCHMARKS = data_lib.BENCHMARKS  # the registry's evaluation files (split "test")
 # the procedural arithmetic held-out sets (disjoint from the training splits): what the CPU demo can learn
-HELD_OUT = ("arithmetic_test", "arithmetic_test_l0", "arithmetic_test_l1", "arithmetic_test_l2",
-            "arithmetic_test_l3")
+HELD_OUT = data_lib.HELD_OUT
 EVAL_SETS = BENCHMARKS + HELD_OUT  # every name ``check_benchmarks`` accepts; "all" means BENCHMARKS
 GROUP = "verl_math"
 TASK_VERSION = 2  # bump when prompts or scoring change: it is recorded in every results file
