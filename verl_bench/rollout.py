@@ -2,8 +2,8 @@
 
 A ``RolloutEngine`` turns prompt texts into a ``Rollout``: left-padded prompt ids next to right-padded
 response ids, so that response token j of every row sits at column P + j and the hidden state that sampled it
-at column P - 1 + j (METHOD.md section 1). The HF-generate engine is the reference engine; a vLLM engine
-can implement the same interface where vLLM is installed.
+at column P - 1 + j (METHOD.md section 1). The HF-generate engine is the reference engine; the vLLM engine
+(``verl_bench.rollout_vllm``, an optional dependency) implements the same interface.
 """
 
 from __future__ import annotations
@@ -28,6 +28,9 @@ class Rollout:
     # records it: the same rows a scoring pass gives (verl_bench.policy), so the rank metrics need no pass.
     # It stays on the model's device (the rank metrics run there); the ids are on the CPU
     hidden: torch.Tensor | None = None
+    # (N, R) log-prob the sampler gave each sampled token (zero on padding), when it is not the policy being
+    # trained (vLLM: verl_bench.rollout_vllm); the loop compares it with the policy's own (mismatch, TIS)
+    sampler_logprobs: torch.Tensor | None = None
 
     @property
     def input_ids(self) -> torch.Tensor:
@@ -46,6 +49,7 @@ class Rollout:
             self.prompt_ids.to(device), self.prompt_mask.to(device), self.response_ids.to(device),
             self.response_mask.to(device), self.group_ids.to(device), self.texts,
             None if self.hidden is None else self.hidden.to(device),
+            None if self.sampler_logprobs is None else self.sampler_logprobs.to(device),
         )
 
     def select(self, rows: torch.Tensor) -> Rollout:
@@ -53,7 +57,8 @@ class Rollout:
         r = rows.to(self.prompt_ids.device)
         return Rollout(self.prompt_ids[r], self.prompt_mask[r], self.response_ids[r], self.response_mask[r],
                        self.group_ids[r], [self.texts[i] for i in rows.tolist()],
-                       None if self.hidden is None else self.hidden[r])
+                       None if self.hidden is None else self.hidden[r],
+                       None if self.sampler_logprobs is None else self.sampler_logprobs[r])
 
 
 @dataclass
