@@ -214,3 +214,18 @@ def test_every_config_a_run_ran_with_is_kept(tmp_path):
     assert files == ["config_000.yaml", "config_001.yaml"]
     assert (run_dir / "configs" / "config_001.yaml").read_text().startswith("# started at step 3")
     assert "lr: 0.5" in (run_dir / "config.yaml").read_text()  # config.yaml: the newest
+
+
+def test_a_full_disk_while_logging_stops_with_a_clear_error(tmp_path, monkeypatch):
+    from verl_bench import runfolder
+    from verl_bench.runfolder import RunFolderError, append_metrics
+
+    append_metrics(tmp_path, {"step": 1, "loss": float("nan")})
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runfolder, "open", full, raising=False)
+    with pytest.raises(RunFolderError, match=r"disk full while appending to .*metrics.jsonl: the run stops here"):
+        append_metrics(tmp_path, {"step": 2})
+    assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 1, "loss": None}  # NaN as null
