@@ -67,13 +67,15 @@ def fake_meta(models=("tiny-a", "tiny-b"), seeds=(0, 1, 2)) -> dict:
             "primary": {"benchmark": "average", "metric": "accuracy", "compare": ["verl", "grpo"]}, "steps": 20}
 
 
-def fake_sweep(root: Path, n_trials=8, seed_repeats=1, rng_seed=2) -> Path:
+def fake_sweep(root: Path, n_trials=8, seed_repeats=1, rng_seed=2, metric=None, mode=None) -> Path:
     """A Tune-shaped experiment folder: experiment_state-*.json and one folder per trial with params.json and
     result.json (one JSON line per report), as Tune writes them."""
     rng = np.random.default_rng(rng_seed)
     exp = root / "fake_sweep"
     exp.mkdir(parents=True)
-    (exp / "experiment_state-2026-11-29_12-00-00.json").write_text(json.dumps({"trial_data": [], "runner_data": {}}))
+    runner = {"_metric": metric, "_mode": mode} if metric else {}
+    (exp / "experiment_state-2026-11-29_12-00-00.json").write_text(json.dumps({"trial_data": [],
+                                                                               "runner_data": runner}))
     i = 0
     for t in range(n_trials):
         kappa, tau = float(rng.uniform(0.5, 8)), float(rng.uniform(-0.5, 0.5))

@@ -14,7 +14,7 @@ import pytest
 
 from tests.report_fakes import BENCHMARKS, DYN_METRICS, fake_dynamics, fake_meta, fake_samples, fake_sweep
 from verl_bench.report import tables as T
-from verl_bench.report.sources import ReportError, source_kind, sweep_objectives
+from verl_bench.report.sources import ReportError, source_kind, sweep_objectives, tune_objective
 
 QUIET = {"progress": lambda s: None}
 
@@ -184,6 +184,19 @@ def test_sweep_only_report_through_the_cli(tmp_path, capsys):
     assert len(pd.read_csv(tmp_path / "out" / "tables" / "sweep_0_fake_sweep_trials.csv")) == len(trials)
 
 
+def test_sweep_with_a_constant_metric_still_reports(tmp_path):
+    """fANOVA refuses a metric without variance: the section says so instead of the report failing."""
+    from verl_bench.report import render_report
+
+    trials = pd.DataFrame({"trial_id": [f"t{i}" for i in range(4)], "config/lr": [1e-3, 2e-3, 3e-3, 4e-3],
+                           "config/seed": [0, 1, 0, 1], "val/accuracy": [0.0] * 4})
+    html = unescape(render_report(None, None, tmp_path / "out", {"name": "flat"}, trials=trials, n_boot=5,
+                                  **QUIET).read_text())
+    assert "optimisation history" in html
+    # today hpo.knob_importance raises (fANOVA: "zero total variance"); should it return nan instead, the table shows
+    assert "importance not computed" in html or '<th class="l">knob</th>' in html
+
+
 # ------------------------------------------------------------------------------------------ small parts
 def test_source_kind_and_errors(tmp_path):
     assert source_kind(_fake_study_dir(tmp_path)) == "study"
@@ -195,6 +208,16 @@ def test_source_kind_and_errors(tmp_path):
         source_kind(tmp_path / "missing")
 
 
+def test_two_studies_with_the_same_runs_are_refused(tmp_path):
+    from verl_bench.report import build_report
+
+    a, b = _fake_study_dir(tmp_path / "a"), _fake_study_dir(tmp_path / "b")
+    with pytest.MonkeyPatch.context() as mp:
+        _patch_frames(mp, (0,))
+        with pytest.raises(ReportError, match="both hold model 'tiny-a'"):
+            build_report([a, b], tmp_path / "out", **QUIET)
+
+
 def test_cli_bad_source_exits_2(tmp_path, capsys):
     from verl_bench.cli import main
 
@@ -203,6 +226,12 @@ def test_cli_bad_source_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "empty" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_tune_objective_read_from_the_experiment_state(tmp_path):
+    assert tune_objective(fake_sweep(tmp_path / "a", n_trials=2, metric="val/response_length", mode="min")) == (
+        "val/response_length", "min")
+    assert tune_objective(fake_sweep(tmp_path / "b", n_trials=2)) == (None, None)
 
 
 def test_sweep_objectives():

@@ -27,6 +27,7 @@ from verl_bench.report.sources import (
     sweep_objectives,
     versions,
 )
+from verl_bench.report.sweep_section import sweep_section
 
 # training-dynamics panels: (title, metric names in the order tried); the first one logged is drawn, else the
 # first logged metric whose name holds a panel's keyword (DYNAMICS_KEYWORDS)
@@ -54,7 +55,6 @@ DYNAMICS_PANELS = [
 APPENDIX_PER_PAIR = 8  # problems shown per model x comparison (all in the CSV, up to APPENDIX_CSV)
 APPENDIX_CSV = 500
 RESPONSE_CHARS = 1200  # per response on the page
-TRIALS_SHOWN = 30
 
 
 def build_report(sources: list[Path], out_dir: Path, *, title: str | None = None, metrics: list[str] | None = None,
@@ -90,7 +90,7 @@ def render_report(samples: pd.DataFrame | None, dynamics: pd.DataFrame | None, o
     if samples is not None and len(samples):
         study = _study_sections(samples, dynamics, out_dir, meta, ctx, progress)
     ctx["study"] = study
-    ctx["sweeps"] = [_sweep_section(sw, out_dir, ctx, progress, i, n_boot) for i, sw in enumerate(sweeps)]
+    ctx["sweeps"] = [sweep_section(sw, out_dir, ctx["tables"], progress, i, n_boot) for i, sw in enumerate(sweeps)]
     ctx["header"] = _header(meta, samples, study)
     progress("report: writing the page")
     path = out_dir / "index.html"
@@ -191,7 +191,7 @@ def _passk(samples, plan, out_dir, ctx, progress, stats) -> dict:
     progress(f"report: pass@k for k in {ks}")
     curves = stats.pass_at_k_curve(samples, ks)
     ctx["tables"].append(T.write_table(curves, out_dir, "pass_at_k", "pass@k per model x arm x benchmark"))
-    figs = [F.save_figure(F.pass_at_k_figure(curves, plan["arms"], m), out_dir, f"pass_at_k_{_slug(m)}",
+    figs = [F.save_figure(F.pass_at_k_figure(curves, plan["arms"], m), out_dir, f"pass_at_k_{T.slug(m)}",
                           f"pass@k: {m}", f"pass@k (unbiased estimator from {n} samples per problem) with its "
                                           "interval, the untrained base model included.")
             for m in plan["models"] if m in set(curves["model"])]
@@ -215,7 +215,7 @@ def _dynamics(dynamics, plan, out_dir, ctx, section, progress):
         if b.empty or not panels:
             continue
         section["dynamics"].append(F.save_figure(
-            F.dynamics_figure(b, panels, plan["arms"], m), out_dir, f"dynamics_{_slug(m)}", f"training dynamics: {m}",
+            F.dynamics_figure(b, panels, plan["arms"], m), out_dir, f"dynamics_{T.slug(m)}", f"training dynamics: {m}",
             "Line: the mean over seeds per step; band: the lowest to the highest seed." if n_seeds > 1 else
             "One seed per arm: no band (seed variance not measured)."))
 
@@ -242,66 +242,6 @@ def _appendix(samples, plan, out_dir, ctx, progress) -> list[dict]:
     return blocks
 
 
-# ------------------------------------------------------------------------------------------ sweeps
-def _sweep_section(sw: Sweep, out_dir: Path, ctx: dict, progress, index: int, n_boot: int) -> dict:
-    from verl_bench.analysis import hpo
-
-    name = sw.path.name or f"sweep{index}"
-    tag = f"sweep_{index}_{_slug(name)}"
-    progress(f"report: sweep {name}: {len(sw.trials)} trials")
-    trials = sw.trials.reset_index(drop=True)
-    metric, mode = sw.metrics[0], sw.modes[0]
-    knobs = [c[len("config/"):] for c in trials.columns
-             if c.startswith("config/") and trials[c].astype(str).nunique() > 1 and c.split(".")[-1] != "seed"
-             and c != "config/seed"]
-    ctx["tables"].append(T.write_table(trials, out_dir, f"{tag}_trials", f"sweep {name}: every trial"))
-    scored = trials[trials[metric].notna()]
-    ranked = scored.sort_values(metric, ascending=(mode == "min"), kind="stable")
-    id_col = next((c for c in ("trial_id", "trial", "trial_name") if c in trials), None)
-    shown_cols = ([id_col] if id_col else []) + [f"config/{k}" for k in knobs] + sw.metrics
-    table = {"columns": [c.removeprefix("config/") for c in shown_cols],
-             "rows": [[_fmt(r[c]) for c in shown_cols] for _, r in ranked.head(TRIALS_SHOWN).iterrows()]}
-    out = {"name": name, "path": str(sw.path), "metrics": sw.metrics, "modes": sw.modes, "n_trials": len(trials),
-           "n_scored": len(scored), "knobs": knobs, "table": table, "figures": [], "importance": [],
-           "noise_floor": None, "best": None}
-    out["noise_floor"] = hpo.seed_noise_floor(trials, metric)
-    if knobs and len(scored) >= 3:
-        progress(f"report: sweep {name}: importance of {len(knobs)} knob(s), {n_boot} bootstrap resamples")
-        imp = hpo.knob_importance(scored, knobs, metric, n_boot=n_boot).sort_values("importance", ascending=False)
-        ctx["tables"].append(T.write_table(imp, out_dir, f"{tag}_importance", f"sweep {name}: knob importance"))
-        out["importance"] = [{"knob": r.knob, "importance": _fmt(r.importance),
-                              "interval": f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]"} for r in imp.itertuples()]
-        out["figures"].append(F.save_figure(F.importance_figure(imp, out["noise_floor"], metric), out_dir,
-                                            f"{tag}_importance", "importance of each knob",
-                                            "Bars: importance with its bootstrap interval; dashed: the seed-noise "
-                                            "floor (the spread of trials that differ only in seed)."))
-        top = list(imp["knob"])[:3]
-        out["figures"].append(F.save_figure(F.slice_figure(scored, top, metric), out_dir, f"{tag}_slices",
-                                            "slices of the top knobs", f"{metric} of each trial against each of the "
-                                                                       "most important knobs; colour: trial order."))
-        numeric = [k for k in list(imp["knob"]) if pd.api.types.is_numeric_dtype(scored[f"config/{k}"])
-                   and not pd.api.types.is_bool_dtype(scored[f"config/{k}"])][:2]
-        if len(numeric) == 2:
-            out["figures"].append(F.save_figure(F.contour_figure(scored, numeric[0], numeric[1], metric), out_dir,
-                                                f"{tag}_contour", f"contour: {numeric[0]} x {numeric[1]}",
-                                                f"{metric} over the two most important numeric knobs."))
-    if len(scored):
-        out["figures"].append(F.save_figure(F.history_figure(trials, metric, mode), out_dir, f"{tag}_history",
-                                            "optimisation history", f"{metric} per trial in start order and the "
-                                                                    f"best so far ({mode})."))
-    if len(sw.metrics) > 1:
-        front = hpo.pareto_front(scored, sw.metrics, sw.modes)
-        ctx["tables"].append(T.write_table(front, out_dir, f"{tag}_pareto", f"sweep {name}: Pareto front"))
-        out["figures"].append(F.save_figure(F.pareto_figure(scored, front, sw.metrics), out_dir, f"{tag}_pareto",
-                                            "Pareto front", f"{sw.metrics[0]} ({sw.modes[0]}) against "
-                                                            f"{sw.metrics[1]} ({sw.modes[1]})."))
-    if len(ranked):
-        best = ranked.iloc[0]
-        out["best"] = {"value": _fmt(best[metric]), "config": {k: _fmt(best[f"config/{k}"]) for k in knobs},
-                       "trial": _fmt(best[id_col]) if id_col else ""}
-    return out
-
-
 # ------------------------------------------------------------------------------------------ header
 def _header(meta: dict, samples: pd.DataFrame | None, study: dict | None) -> dict:
     record = study_record(meta)
@@ -321,15 +261,3 @@ def _header(meta: dict, samples: pd.DataFrame | None, study: dict | None) -> dic
         }
         h["primary"] = study["primary"]
     return h
-
-
-def _slug(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(s))
-
-
-def _fmt(v) -> str:
-    if T.missing(v):
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)

@@ -217,6 +217,7 @@ def history_figure(trials: pd.DataFrame, metric: str, mode: str) -> Figure:
     best = np.maximum.accumulate(filled) if mode == "max" else np.minimum.accumulate(filled)
     ax.step(n, np.where(np.isfinite(best), best, np.nan), where="post", color="#d95f02", label="best so far")
     ax.set_xlabel("trial (in start order)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(metric)
     ax.legend(fontsize=7, frameon=False)
     return fig

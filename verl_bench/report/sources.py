@@ -96,6 +96,20 @@ def sweep_objectives(trials: pd.DataFrame, metrics: list[str] | None, modes: lis
     return list(metrics), modes
 
 
+def tune_objective(experiment_dir: Path) -> tuple[str | None, str | None]:
+    """The metric and mode Tune was given (its newest experiment_state*.json keeps them in runner_data); a
+    multi-objective sweep gives Tune none (they go to the Optuna searcher): then (None, None)."""
+    states = sorted(experiment_dir.glob("experiment_state*.json"), key=lambda p: p.stat().st_mtime)
+    try:
+        runner = json.loads(states[-1].read_text()).get("runner_data") or {}
+    except (IndexError, OSError, ValueError, AttributeError):
+        return None, None
+    metric, mode = runner.get("_metric"), runner.get("_mode")
+    if not isinstance(metric, str) or metric.startswith("_"):  # Tune's placeholder "_metric" when unset
+        return None, None
+    return metric, mode if mode in ("max", "min") else None
+
+
 def load_sources(paths: list[Path], metrics: list[str] | None = None, modes: list[str] | None = None,
                  progress=print) -> Sources:
     """Read every source (all checked before anything is loaded): studies' frames concatenated, sweeps'
@@ -122,13 +136,27 @@ def load_sources(paths: list[Path], metrics: list[str] | None = None, modes: lis
             trials = trial_table(path)
             if trials.empty:
                 raise ReportError(f"{path}: the sweep has no trial results yet")
-            m, md = sweep_objectives(trials, metrics, modes)
+            tune_metric, tune_mode = tune_objective(path)
+            m, md = sweep_objectives(trials, metrics or ([tune_metric] if tune_metric else None),
+                                     modes or ([tune_mode] if tune_metric and tune_mode else None))
             out.sweeps.append(Sweep(path, trials, m, md))
             out.meta = out.meta or {"name": path.name, "source": str(path)}
     if samples:
+        _check_disjoint(samples, [p for p, k in kinds if k == "study"])
         out.samples = pd.concat(samples, ignore_index=True)
         out.dynamics = pd.concat(dynamics, ignore_index=True)
     return out
+
+
+def _check_disjoint(frames: list[pd.DataFrame], paths: list[Path]) -> None:
+    """Studies reported together must not both hold a model x arm x seed (their runs would be mixed up)."""
+    seen: dict = {}
+    for frame, path in zip(frames, paths):
+        for cell in frame[["model", "arm", "seed"]].drop_duplicates().itertuples(index=False):
+            if tuple(cell) in seen:
+                raise ReportError(f"{seen[tuple(cell)]} and {path} both hold model {cell.model!r}, arm {cell.arm!r}, "
+                                  f"seed {cell.seed}: report them separately")
+            seen[tuple(cell)] = path
 
 
 # ------------------------------------------------------------------------------------------ header facts

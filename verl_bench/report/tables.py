@@ -59,6 +59,20 @@ def interval(mean, lo, hi, signed: bool = False) -> str:
     return f"{pct(mean, signed)} [{pct(lo, signed)}, {pct(hi, signed)}]"
 
 
+def fmt(v) -> str:
+    """A table cell: 4 significant digits for floats, "–" for a missing value."""
+    if missing(v):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def slug(s: str) -> str:
+    """A file-name-safe form of a model or sweep name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(s))
+
+
 def p_text(p) -> str:
     if missing(p):
         return "–"
