@@ -163,6 +163,7 @@ def test_one_seed_says_seed_variance_was_not_measured(tmp_path):
         html = unescape(build_report([study], tmp_path / "out", **QUIET).read_text())
     assert "Seed variance was not measured" in html and "Seed variance not measured: one training seed" in html
     assert "seed variance not measured" in html  # by the paper table too
+    assert html.count("Seed variance not measured (one training seed)") == 2  # forest and pass@k captions
     assert "<section id=\"hpo-0\">" not in html  # a study has no HPO section
     assert "(1 per arm)" in html
 

@@ -33,6 +33,7 @@ DYNAMICS_PANELS = [
     ("β (mean)", ["verl/beta_mean"]),
     ("Φ (mean)", ["verl/phi_mean"]),
 ]
+UNMEASURED = " Seed variance not measured (one training seed): the intervals cover problems and samples only."
 APPENDIX_PER_PAIR = 8  # problems shown per model x comparison (all in the CSV, up to APPENDIX_CSV)
 APPENDIX_CSV = 500
 RESPONSE_CHARS = 1200  # per response on the page
@@ -113,7 +114,7 @@ def study_sections(samples, dynamics, out_dir, meta, ctx, progress) -> dict:
         section["figures"]["forest"] = F.save_figure(
             F.forest_figure(comp, columns), out_dir, "forest",
             "Δ per benchmark", "Δ accuracy (points) with its interval per benchmark and model; filled: significant "
-                               f"after Holm's correction at {T.ALPHA}.")
+                               f"after Holm's correction at {T.ALPHA}." + (UNMEASURED if unmeasured else ""))
     section["passk"] = _passk(samples, plan, out_dir, ctx, progress, stats)
     if dynamics is not None and len(dynamics):
         _dynamics(dynamics, plan, out_dir, ctx, section, progress)
@@ -128,10 +129,12 @@ def _passk(samples, plan, out_dir, ctx, progress, stats) -> dict:
     ks = [k for k in (2 ** i for i in range(12)) if k <= n]
     progress(f"report: pass@k for k in {ks}")
     curves = stats.pass_at_k_curve(samples, ks)
+    measured = curves["seed_variance_measured"].all() if "seed_variance_measured" in curves else True
     ctx["tables"].append(T.write_table(curves, out_dir, "pass_at_k", "pass@k per model x arm x benchmark"))
     figs = [F.save_figure(F.pass_at_k_figure(curves, plan["arms"], m), out_dir, f"pass_at_k_{T.slug(m)}",
                           f"pass@k: {m}", f"pass@k (unbiased estimator from {n} samples per problem) with its "
-                                          "interval, the untrained base model included.")
+                                          "interval, the untrained base model included."
+                          + ("" if measured else UNMEASURED))
             for m in plan["models"] if m in set(curves["model"])]
     return {"n": n, "figures": figs}
 
