@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from verl_bench.data import load_problems
 from verl_bench.evaluate.metrics import majority_vote, pass_at_k, problem_metrics
 from verl_bench.evaluate.presets import PRESETS, EvalPreset, get_preset
-from verl_bench.evaluate.tasks import build_docs, make_process_results, metric_names
+from verl_bench.evaluate.tasks import GRADES, build_docs, make_process_results, metric_names
 
 
 def brute_pass_at_k(outcomes: list[bool], k: int) -> float:
@@ -103,7 +103,7 @@ def test_process_results_scores_real_gold_with_the_training_checker(gsm8k_doc):
     score = make_process_results(preset)
     right, wrong = "She makes 9 * 2 = \\boxed{18} dollars.", "So the answer is \\boxed{16}."
     m = score(gsm8k_doc, [[wrong, right, wrong, "no answer at all"]])
-    assert set(m) == set(metric_names(preset))
+    assert set(m) == {*metric_names(preset), GRADES}  # and every sample's own grade (task version 2)
     assert m["avg@4"] == 0.25 and m["pass@4"] == 1.0 and m["pass@2"] == pytest.approx(0.5)
     assert m["maj@4"] == 0.0  # 16 twice beats 18 once
     m = score(gsm8k_doc, [["\\boxed{18.0}", "\\boxed{18}", "The answer is $18", wrong]])
