@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from verl_bench import arithmetic
-from verl_bench.errors import UserError
 from verl_bench.answers import DEGREE_TAIL_RE, extract_boxed
+from verl_bench.errors import UserError
 
 log = logging.getLogger(__name__)
 
