@@ -1,10 +1,12 @@
 """Exact and score methods for small benchmarks (< 50 problems) with one training seed per arm.
 
-``wilson``: the Wilson score interval of a proportion. ``newcombe_paired``: Newcombe's (1998, method 10)
-hybrid score interval of a difference of paired proportions (one 0/1 outcome per problem per arm).
-``sign_flip_p``: the exact two-sided sign-flip permutation p-value of a mean paired difference (under "no
+``wilson``: the Wilson score interval of a proportion. ``sign_flip_p``: the exact two-sided sign-flip permutation p-value of a mean paired difference (under "no
 difference" each problem's difference is as likely to have either sign); with 0/1 outcomes it is the exact
 sign (McNemar) test on the discordant problems.
+
+(Newcombe's hybrid score interval for paired proportions was tried for the paired difference and dropped:
+with 30 problems, one sample each and arms that agree on most problems it covered 91-93% where the paired
+t interval covered 93-95%.)
 """
 
 from __future__ import annotations
@@ -27,24 +29,6 @@ def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     center = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
     return max(0.0, center - half), min(1.0, center + half)
-
-
-def newcombe_paired(xa, xb, level: float = 0.95) -> tuple[float, float]:
-    """Interval of mean(xa) - mean(xb) for paired 0/1 outcomes (Newcombe 1998, method 10: each margin's
-    Wilson interval, combined with the phi correlation of the pairs)."""
-    xa, xb = np.asarray(xa, bool), np.asarray(xb, bool)
-    n = len(xa)
-    a, b = int((xa & xb).sum()), int((xa & ~xb).sum())
-    c, d = int((~xa & xb).sum()), int((~xa & ~xb).sum())
-    p1, p2 = (a + b) / n, (a + c) / n
-    l1, u1 = wilson(a + b, n, level)
-    l2, u2 = wilson(a + c, n, level)
-    margins = (a + b) * (c + d) * (a + c) * (b + d)
-    phi = (a * d - b * c) / math.sqrt(margins) if margins > 0 else 0.0
-    diff = p1 - p2
-    lo = diff - math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
-    hi = diff + math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
-    return max(-1.0, lo), min(1.0, hi)
 
 
 def _scale(d: np.ndarray) -> int | None:
