@@ -10,6 +10,7 @@ The real vLLM (CPU build) runs the same engine in tests_vllm/.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -365,11 +366,13 @@ def test_mismatch_stats_by_hand():
     diffs = [0.5, 0.0, 0.4, 0.2]
     assert s["rollout/logp_diff_mean"] == pytest.approx(sum(diffs) / 4)
     assert s["rollout/logp_diff_max"] == pytest.approx(0.5)
-    import math
-
     d = [-0.5, 0.0, 0.4, -0.2]  # log(pi_policy / pi_sampler)
     assert s["rollout/kl_k3"] == pytest.approx(sum(math.exp(x) - x - 1 for x in d) / 4)
     assert mismatch_stats(sampler, policy, torch.zeros_like(mask))["rollout/logp_diff_max"] == 0.0
+    # with a TIS cap: ratios e^-0.5, 1, e^0.4 (= 1.49, capped at 1.2), e^-0.2
+    s = mismatch_stats(sampler, policy, mask, tis_cap=1.2)
+    assert s["rollout/tis_mean"] == pytest.approx((math.exp(-0.5) + 1 + 1.2 + math.exp(-0.2)) / 4)
+    assert s["rollout/tis_capped_frac"] == pytest.approx(0.25)
 
 
 def test_tis_weights_truncate_and_ignore_padding():

@@ -241,16 +241,26 @@ def assemble_rollout(tokenizer, prompt_ids: list[list[int]], responses: list[lis
 
 
 # -------------------------------------------------------------------- training / inference mismatch
-def mismatch_stats(sampler_logp: torch.Tensor, policy_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+def mismatch_stats(sampler_logp: torch.Tensor, policy_logp: torch.Tensor, mask: torch.Tensor,
+                   tis_cap: float | None = None) -> dict[str, float]:
     """How far the sampler's log-probs are from the policy's over response tokens: mean and max of
-    |log p_sampler - log p_policy|, and the mean of the k3 estimate of KL(sampler || policy)."""
+    |log p_sampler - log p_policy|, the mean of the k3 estimate of KL(sampler || policy), and with ``tis_cap``
+    the mean truncated importance weight and the share of tokens the cap truncated."""
     m = mask.bool()
     diff = (sampler_logp.double() - policy_logp.double())[m]
+    out = {"rollout/logp_diff_mean": 0.0, "rollout/logp_diff_max": 0.0, "rollout/kl_k3": 0.0}
+    if tis_cap is not None:
+        out.update({"rollout/tis_mean": 1.0, "rollout/tis_capped_frac": 0.0})
     if diff.numel() == 0:
-        return {"rollout/logp_diff_mean": 0.0, "rollout/logp_diff_max": 0.0, "rollout/kl_k3": 0.0}
+        return out
     d = -diff  # log(policy / sampler): k3 = exp(d) - d - 1 estimates KL(sampler || policy) under sampler tokens
-    return {"rollout/logp_diff_mean": float(diff.abs().mean()), "rollout/logp_diff_max": float(diff.abs().max()),
-            "rollout/kl_k3": float((torch.exp(d) - d - 1).mean())}
+    out.update({"rollout/logp_diff_mean": float(diff.abs().mean()), "rollout/logp_diff_max": float(diff.abs().max()),
+                "rollout/kl_k3": float((torch.exp(d) - d - 1).mean())})
+    if tis_cap is not None:
+        ratio = torch.exp(d.clamp(max=20.0))
+        out.update({"rollout/tis_mean": float(ratio.clamp(max=tis_cap).mean()),
+                    "rollout/tis_capped_frac": float((ratio > tis_cap).double().mean())})
+    return out
 
 
 def tis_weights(sampler_logp: torch.Tensor, policy_logp: torch.Tensor, mask: torch.Tensor,
