@@ -231,3 +231,32 @@ def test_killed_study_resumes_without_redoing_finished_work(tmp_path):
     assert set(frame.correct.unique()) <= {0.0, 1.0}
     # the same problems in every arm: the pairing key
     assert len({tuple(sorted(g.problem.unique())) for _, g in frame.groupby(["arm", "seed"])}) == 1
+
+
+def test_training_stage_restores_after_ray_kills_a_trial_for_memory(tmp_path, monkeypatch):
+    """Tune 2.60 fails the whole experiment when Ray's memory monitor kills a trial's process: the stage
+    restores it (finished trials are kept); any other error is raised."""
+    import verl_bench.sweep.run as sweep_run
+    from verl_bench.study.run import train_stage
+
+    spec = load_study(_write(tmp_path))
+    calls, lines = [], []
+
+    def fake_run_cells(sweep, cells, grid, path, *, resume, address):
+        calls.append(resume)
+        if len(calls) == 1:
+            raise RuntimeError("Caught unexpected exception: 1 worker(s) were killed due to the node running low "
+                               "on memory.")
+        return []
+
+    monkeypatch.setattr(sweep_run, "run_cells", fake_run_cells)
+    out = train_stage(spec, tmp_path / "s", resume=False, address=None, log=lines.append)
+    assert calls == [False, True] and any("lack of memory; restoring" in line for line in lines)
+    assert set(out) == {t.key for t in spec.trials} and all(v["error"] for v in out.values())
+
+    def broken(*a, **k):
+        raise RuntimeError("something else")
+
+    monkeypatch.setattr(sweep_run, "run_cells", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        train_stage(spec, tmp_path / "s", resume=False, address=None, log=lines.append)

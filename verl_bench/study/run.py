@@ -22,6 +22,7 @@ RESOLVED_FILE = "study_resolved.json"
 SAMPLES_FILE = "samples.parquet"
 SUMMARY_FILE = "summary.json"
 TRAIN_DIR = "train"  # the Tune experiment
+OOM_RESTARTS = 2  # restores of the training stage after Ray killed a trial for lack of memory
 BASE_DIR = "base"
 
 
@@ -154,7 +155,18 @@ def train_stage(spec: StudySpec, study_dir: Path, *, resume: bool, address: str 
         f"in {study_dir / TRAIN_DIR}")
     cells = {t.key: t.config for t in spec.trials}
     grid = {"model": [m.key for m in spec.models], "arm": list(spec.arms), "seed": list(spec.seeds)}
-    results = run_cells(_sweep_spec(spec), cells, grid, study_dir / TRAIN_DIR, resume=resume, address=address)
+    for attempt in range(1, OOM_RESTARTS + 2):
+        try:
+            results = run_cells(_sweep_spec(spec), cells, grid, study_dir / TRAIN_DIR, resume=resume or attempt > 1,
+                                address=address)
+            break
+        except RuntimeError as e:
+            # Ray's memory monitor kills a trial's process when the node runs low (other programs count too);
+            # Tune 2.60 then fails the whole experiment instead of the trial: restore it, finished trials kept
+            if "running low on memory" not in str(e) or attempt > OOM_RESTARTS:
+                raise
+            log(f"[study] Ray killed a trial process for lack of memory; restoring the experiment "
+                f"(attempt {attempt + 1}/{OOM_RESTARTS + 1})")
     out = {}
     for r in results:
         cfg = r.config
