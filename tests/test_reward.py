@@ -42,19 +42,20 @@ def test_grade_batch_both_schemes(pool):
         "\\boxed{\\frac{8}{2}}",  # correct via fraction, boxed
         "blah " * 5000 + "\\boxed{2\\sqrt{4}}",  # a long response; only the answer is limited; via sympy
     ]
-    grades = grade_batch(responses, ["4"] * len(responses), pool=pool)
+    grades = grade_batch(responses, ["4"] * len(responses), 30.0, pool=pool)  # generous: a loaded machine
     assert [g.answer for g in grades] == ["4", "4", "5", None, "7", "\\frac{8}{2}", "2\\sqrt{4}"]
     assert [scheme_reward(g.correct, g.boxed, "boxed") for g in grades] == [1.0, 0.5, -0.5, -1.0, -1.0, 1.0, 1.0]
     assert [scheme_reward(g.correct, g.boxed, "binary") for g in grades] == [1, 1, 0, 0, 0, 1, 1]
     assert not any(g.timed_out for g in grades)
-    assert grade_response(responses[1], "4", pool=pool) == Grade("4", False, True)
+    assert grade_response(responses[1], "4", pool=pool) == Grade("4", False, True)  # fast path
     with pytest.raises(ValueError):
         grade_batch(responses, ["4"] * (len(responses) - 1), pool=pool)
 
 
 def test_hanging_answers_are_counted_and_do_not_poison_the_batch(pool):
-    grades = grade_batch(["\\boxed{9^{9^{9^{9}}}}", "\\boxed{2\\sqrt{3}}", "\\boxed{5}", "\\boxed{10^{10^{10^{10}}}}"],
-                         ["2", "\\sqrt{12}", "5", "3"], timeout_s=1.0, pool=pool)
+    # the right answers take the fast path: no deadline can reach them, however loaded the machine
+    grades = grade_batch(["\\boxed{9^{9^{9^{9}}}}", "\\boxed{\\frac{24}{2}}", "\\boxed{5}", "\\boxed{10^{10^{10^{10}}}}"],
+                         ["2", "12", "5", "3"], timeout_s=1.0, pool=pool)
     assert [g.correct for g in grades] == [False, True, True, False]
     assert [g.timed_out for g in grades] == [True, False, False, True]  # what the loop logs as timeouts
 

@@ -175,12 +175,46 @@ def init_ray(address: str | None = None, dashboard: bool = False, **kwargs) -> N
     the dashboard head, which serves Ray's state API; Ray Train V2 needs it to free the workers' placement
     group when a Train run's controller is killed (Tune stopping a Train-backed trial: ASHA, max_t), else
     that group's CPUs stay reserved and the next trial waits for its workers forever.
+
+    A local cluster (no ``address``) is reachable from this machine only: its node address is 127.0.0.1, so
+    its servers (GCS, raylet, object manager, workers, agents, dashboard, metrics) listen on the loopback
+    interface. Ray maps a loopback node address to the machine's routable one unless it runs in its
+    no-cluster mode (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, Ray's default on macOS and Windows): that mode is
+    set while the cluster starts (its processes inherit it) and restored afterwards.
     """
     import ray
 
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    local = address is None
+    if local:
+        kwargs.setdefault("_node_ip_address", "127.0.0.1")
+        kwargs.setdefault("dashboard_host", "127.0.0.1")
+    with _loopback_only(local):
         ray.init(address=address, include_dashboard=dashboard, log_to_driver=kwargs.pop("log_to_driver", True),
                  runtime_env={"env_vars": {k: os.environ[k] for k in PASSED_ENV if k in os.environ}}, **kwargs)
+
+
+@contextlib.contextmanager
+def _loopback_only(on: bool):
+    if not on:
+        yield
+        return
+    from ray._private import ray_constants
+
+    env, const = os.environ.get(_NO_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_NO_CLUSTER_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = const
+        if env is None:
+            os.environ.pop(_NO_CLUSTER_ENV, None)
+        else:
+            os.environ[_NO_CLUSTER_ENV] = env
+
+
+_NO_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 # set on the driver, needed in workers (offline mode, data root, model cache)
