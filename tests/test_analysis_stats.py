@@ -11,7 +11,7 @@ import pytest
 from scipy import optimize as sps_optimize
 from scipy import stats as sps
 
-from verl_bench.analysis import smallsample, stats
+from verl_bench.analysis import curves, smallsample, stats
 from verl_bench.analysis.stats import AnalysisError
 from verl_bench.evaluate.metrics import pass_at_k
 
@@ -235,6 +235,15 @@ def test_small_benchmark_one_seed_uses_exact_and_score_methods():
     assert "Wilson" in e.method and (e.ci_low, e.ci_high) == pytest.approx(smallsample.wilson(int(a.sum()), 30))
 
 
+def test_vectorised_pass_at_k_matches_the_per_problem_estimator():
+    n = np.array([1, 4, 8, 8, 16, 16, 64])
+    c = np.array([0, 2, 0, 8, 3, 15, 10])
+    for k in (1, 2, 4, 8):
+        ok = k <= n
+        got = curves.unbiased_pass_at_k(n[ok], c[ok], k)
+        assert got == pytest.approx([pass_at_k(int(a), int(b), k) for a, b in zip(n[ok], c[ok])], abs=1e-12)
+
+
 def test_pass_and_maj_at_k_curves():
     rng = np.random.default_rng(9)
     f = _frame({"grpo": 0.3}, {"*": [1, 2]}, 40, 8, rng)
@@ -267,16 +276,19 @@ def expected_accuracy(mean_logit: float, sd_logit: float) -> float:
 MU, TAU, SD_D, SD_ETA, PROBLEMS, SAMPLES, DELTA, SEED_SD = -0.3, 1.2, 0.3, 0.3, 150, 4, 0.3, 0.15
 
 
-def simulate(rng, studies, seeds, seed_sd, delta):
-    """(studies, seeds, PROBLEMS) per-problem accuracies of arms a and b, and the population difference."""
-    theta = rng.normal(MU, TAU, (studies, 1, PROBLEMS))
-    arm_effect = rng.normal(delta, SD_D, (studies, 1, PROBLEMS))
+def simulate(rng, studies, seeds, seed_sd, delta, problems=PROBLEMS, shifts=None):
+    """(studies, seeds, problems) per-problem accuracies of arms a and b, and the population difference.
+    ``shifts``: the runs' (a, b) shifts, (studies, seeds_arm, 1) each, when several benchmarks share runs."""
+    theta = rng.normal(MU, TAU, (studies, 1, problems))
+    arm_effect = rng.normal(delta, SD_D, (studies, 1, problems))
+    if shifts is None:
+        shifts = [rng.normal(0, seed_sd, (studies, seeds, 1)) for _ in "ab"]
 
-    def arm(shift):
-        logit = theta + shift + rng.normal(0, seed_sd, (studies, seeds, 1)) + rng.normal(0, SD_ETA, (studies, seeds, PROBLEMS))
+    def arm(effect, shift):
+        logit = theta + effect + shift + rng.normal(0, SD_ETA, (studies, shift.shape[1], problems))
         return rng.binomial(SAMPLES, 1 / (1 + np.exp(-logit))) / SAMPLES
 
-    ya, yb = arm(arm_effect), arm(0.0)
+    ya, yb = arm(arm_effect, shifts[0]), arm(0.0, shifts[1])
     spread = TAU ** 2 + seed_sd ** 2 + SD_ETA ** 2
     truth = expected_accuracy(MU + delta, math.sqrt(spread + SD_D ** 2)) - expected_accuracy(MU, math.sqrt(spread))
     return ya, yb, truth
@@ -318,3 +330,16 @@ def test_interval_coverage_and_false_positive_rate_by_simulation(seeds, seed_sd)
     # estimating the seed variance from 3 runs. Every other scenario: 3.6-5.0% in 20,000 studies.
     low = 0.02 if (seeds, seed_sd) == (3, 0.0) else 0.03
     assert low <= rejected <= 0.07, f"rejection rate {rejected:.3f}"
+
+
+def test_average_over_benchmarks_with_unequal_seeds_covers():
+    """The "average" endpoint: 3 benchmarks of 150, 60 and 30 problems evaluated by the same runs (a run's
+    shift moves all its benchmarks), 3 runs of arm a against 5 of arm b, 1000 studies."""
+    rng = np.random.default_rng(77)
+    shifts = [rng.normal(0, SEED_SD, (1000, s, 1)) for s in (3, 5)]
+    blocks = [simulate(rng, 1000, None, SEED_SD, DELTA, problems=p, shifts=shifts) for p in (150, 60, 30)]
+    r = stats.paired_interval([b[0] for b in blocks], [b[1] for b in blocks])
+    truth = np.mean([b[2] for b in blocks])  # the same population on each benchmark
+    coverage = np.mean((r["ci_low"] <= truth) & (truth <= r["ci_high"]))
+    assert 0.92 <= coverage <= 0.98, f"coverage {coverage:.3f}"
+    assert r["measured"] and np.median(r["df"]) < 20  # the seed term, with its few runs, sets the df

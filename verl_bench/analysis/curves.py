@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import pandas as pd
+from scipy.special import gammaln
 
 from verl_bench.analysis import stats
-from verl_bench.evaluate.metrics import majority_vote, pass_at_k
+from verl_bench.evaluate.metrics import majority_vote
 
 KEYS = ["model", "arm", "benchmark", "seed", "step", "problem"]
 
@@ -44,11 +46,23 @@ def _per_problem(frame: pd.DataFrame, ks: Sequence[int], value: Callable) -> pd.
     return pd.DataFrame(out, columns=[*KEYS, "k", "value"])
 
 
-def pass_at_k_curve(frame: pd.DataFrame, ks: Sequence[int], level: float = 0.95) -> pd.DataFrame:
-    def value(g, k):
-        return pass_at_k(len(g), round(g["correct"].sum()), k)
+def unbiased_pass_at_k(n: np.ndarray, c: np.ndarray, k: int) -> np.ndarray:
+    """Vectorised ``verl_bench.evaluate.metrics.pass_at_k``: 1 - C(n-c, k)/C(n, k) via log-gamma (0 <= c <= n,
+    k <= n)."""
+    n, c = np.asarray(n, float), np.asarray(c, float)
+    miss = n - c
+    ok = miss >= k
+    safe = np.where(ok, miss, k)
+    log_ratio = gammaln(safe + 1) - gammaln(safe - k + 1) - gammaln(n + 1) + gammaln(n - k + 1)
+    return np.where(ok, 1.0 - np.exp(log_ratio), 1.0)
 
-    return _curve(_drop_short(_per_problem(frame, ks, value), frame), ks, level)
+
+def pass_at_k_curve(frame: pd.DataFrame, ks: Sequence[int], level: float = 0.95) -> pd.DataFrame:
+    counts = frame.groupby(KEYS, sort=False)["correct"].agg(["size", "sum"]).reset_index()
+    parts = [counts[KEYS].assign(k=k, value=unbiased_pass_at_k(counts["size"], counts["sum"].round(), k))[
+        counts["size"] >= k] for k in ks]
+    values = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*KEYS, "k", "value"])
+    return _curve(_drop_short(values, frame), ks, level)
 
 
 def maj_at_k_curve(frame: pd.DataFrame, ks: Sequence[int], level: float = 0.95) -> pd.DataFrame:
