@@ -116,7 +116,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
     early after that many steps of this call (used to test interruption); the run's length stays ``cfg.steps``.
     """
     run = setup(cfg, resume_from, grader)
-    world, per_worker = run.world, cfg.rollout.prompts_per_step // run.world.size
+    world = run.world
     metrics: dict = {}
     if run.start_step == 0 and cfg.data.eval_size > 0:
         metrics = {"step": 0, "config_version": run.config_version, **validation(run)}
@@ -126,9 +126,7 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
     for steps_this_call, step in enumerate(range(run.start_step + 1, cfg.steps + 1), start=1):
         t0 = time.perf_counter()
         # 1. sample this worker's shard of the step's prompts, n responses each
-        run.lm.train()
-        prompts = run.stream.take(cfg.rollout.prompts_per_step)[world.rank * per_worker:(world.rank + 1) * per_worker]
-        rollout = run.engine.generate([run.train_prompts[i] for i in prompts], run.sampling)
+        prompts, rollout = sample(run)
         t_gen = time.perf_counter()
         # 2. reward each response
         rewards, correct = grade(run, prompts, rollout)
@@ -151,17 +149,23 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
         due = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps
         _log(world, _progress(metrics, cfg.steps))
         _emit(run, metrics, save(run, step) if due else None, report)
-        if run.nonfinite["consecutive"] >= cfg.max_nonfinite_steps:
-            raise NonFiniteError(
-                f"step {step}: the loss or gradient norm was not finite for {run.nonfinite['consecutive']} steps "
-                f"in a row (max_nonfinite_steps {cfg.max_nonfinite_steps}); the weights are those of step "
-                f"{step - run.nonfinite['consecutive']}: lower algo.lr or check the data")
+        stop_if_diverged(run, step)
         if stop_after is not None and steps_this_call >= stop_after:
             break
     return metrics
 
 
 # --------------------------------------------------------------------------------------------- phases
+def sample(run: Run) -> tuple[list[int], Rollout]:
+    """This worker's shard of the step's prompts (every worker advances the stream by the whole step) and
+    n sampled responses to each, with the hidden states that sampled them."""
+    cfg, world = run.cfg, run.world
+    per_worker = cfg.rollout.prompts_per_step // world.size
+    run.lm.train()
+    prompts = run.stream.take(cfg.rollout.prompts_per_step)[world.rank * per_worker:(world.rank + 1) * per_worker]
+    return prompts, run.engine.generate([run.train_prompts[i] for i in prompts], run.sampling)
+
+
 def grade(run: Run, prompts: list[int], rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
     """(reward, correct) per response, from the grader's verdict on its answer."""
     golds = [run.train_set[prompts[g]].gold for g in rollout.group_ids.tolist()]
@@ -266,6 +270,16 @@ def update(run: Run, step: int, rollout: Rollout, shaped: Shaped, old_logp: torc
         run.optimizer.step()
     run.nonfinite["consecutive"] = 0
     return UpdateResult(sum(losses) / len(losses), sum(norms) / len(norms), stats, skipped=False)
+
+
+def stop_if_diverged(run: Run, step: int) -> None:
+    """After ``max_nonfinite_steps`` skipped steps in a row the run stops (the last checkpoint holds the
+    weights of the last finite step)."""
+    k = run.nonfinite["consecutive"]
+    if k >= run.cfg.max_nonfinite_steps:
+        raise NonFiniteError(f"step {step}: the loss or gradient norm was not finite for {k} steps in a row "
+                             f"(max_nonfinite_steps {run.cfg.max_nonfinite_steps}); the weights are those of "
+                             f"step {step - k}: lower algo.lr or check the data")
 
 
 def _loss_share(idx, logp, entropy, *, rows, old_logp, adv, mask, ref_logp, algo, stats: dict, weight: float):
