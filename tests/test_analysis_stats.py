@@ -13,7 +13,7 @@ from scipy import stats as sps
 
 from verl_bench.analysis import curves, smallsample, stats
 from verl_bench.analysis.stats import AnalysisError
-from verl_bench.evaluate.metrics import pass_at_k
+from verl_bench.evaluate.metrics import majority_vote, pass_at_k
 
 
 # ------------------------------------------------------------------------------------------ array core
@@ -261,6 +261,24 @@ def test_pass_and_maj_at_k_curves():
     maj = stats.maj_at_k_curve(g, [1, 3, 5]).set_index("k")["mean"]
     # k=1: p votes 3 (wrong), q right -> 0.5; k=3: p votes 7 -> 1.0; k=5: p votes 3 (3 of 5) -> 0.5
     assert maj.to_dict() == {1: 0.5, 3: 1.0, 5: 0.5}
+
+
+def test_maj_at_k_values_match_majority_vote_per_problem():
+    rng = np.random.default_rng(10)
+    rows = []
+    for seed, i in itertools.product((1, 2), range(40)):
+        gold = str(rng.integers(3))
+        for s in rng.permutation(6):  # rows in any order: sampling order is the sample index
+            ans = rng.choice(["0", "1", "2", "", None, "\\frac{1}{2}", "0.5"])
+            rows.append({"model": "m", "arm": "a", "benchmark": "b", "seed": seed, "step": 1, "problem": f"q{i}",
+                         "sample": int(s), "answer": ans, "correct": float(ans == gold)})
+    f = pd.DataFrame(rows)
+    got = curves.maj_at_k_values(f, [1, 3, 6]).set_index(["seed", "problem", "k"])["value"]
+    for (seed, problem), g in f.sort_values("sample").groupby(["seed", "problem"]):
+        for k in (1, 3, 6):
+            w = majority_vote([a if isinstance(a, str) else None for a in g["answer"].iloc[:k]])
+            expected = float(w is not None and g["correct"].iloc[w] > 0)
+            assert got[(seed, problem, k)] == expected, (seed, problem, k)
 
 
 # ------------------------------------------------------------------------------------------ simulation

@@ -7,14 +7,14 @@ pass@k per problem and seed is the unbiased estimator 1 - C(n-c, k)/C(n, k) from
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 from scipy.special import gammaln
 
 from verl_bench.analysis import stats
-from verl_bench.evaluate.metrics import majority_vote
+from verl_bench.answers import normalize_answer
 
 KEYS = ["model", "arm", "benchmark", "seed", "step", "problem"]
 
@@ -36,16 +36,6 @@ def _curve(values: pd.DataFrame, ks: Sequence[int], level: float) -> pd.DataFram
                                                          ignore_index=True)
 
 
-def _per_problem(frame: pd.DataFrame, ks: Sequence[int], value: Callable) -> pd.DataFrame:
-    """One row per problem x seed x k (k <= the problem's samples): ``value(group sorted by sample, k)``."""
-    out = []
-    for key, g in frame.sort_values("sample").groupby(KEYS, sort=False):
-        for k in ks:
-            if k <= len(g):
-                out.append((*key, k, value(g, k)))
-    return pd.DataFrame(out, columns=[*KEYS, "k", "value"])
-
-
 def unbiased_pass_at_k(n: np.ndarray, c: np.ndarray, k: int) -> np.ndarray:
     """Vectorised ``verl_bench.evaluate.metrics.pass_at_k``: 1 - C(n-c, k)/C(n, k) via log-gamma (0 <= c <= n,
     k <= n)."""
@@ -65,13 +55,29 @@ def pass_at_k_curve(frame: pd.DataFrame, ks: Sequence[int], level: float = 0.95)
     return _curve(_drop_short(values, frame), ks, level)
 
 
-def maj_at_k_curve(frame: pd.DataFrame, ks: Sequence[int], level: float = 0.95) -> pd.DataFrame:
-    def value(g, k):
-        answers = [a if isinstance(a, str) and a else None for a in g["answer"].iloc[:k]]
-        winner = majority_vote(answers)
-        return float(winner is not None and g["correct"].iloc[winner] > 0)
+def maj_at_k_values(frame: pd.DataFrame, ks: Sequence[int]) -> pd.DataFrame:
+    """KEYS + k + value: 1.0 when the most frequent normalised answer among a problem's first k samples (ties:
+    the answer seen first; empty answers do not vote) is correct at its first sample, as
+    ``verl_bench.evaluate.metrics.majority_vote`` decides, for every problem x seed with >= k samples."""
+    uniq = {a: normalize_answer(a) or None for a in frame["answer"].dropna().unique() if isinstance(a, str) and a}
+    base = frame[KEYS + ["sample", "correct"]].assign(
+        vote=frame["answer"].map(uniq), order=frame.groupby(KEYS, sort=False)["sample"].rank(method="first") - 1)
+    size = base.groupby(KEYS, sort=False).size().rename("n").reset_index()
+    parts = []
+    for k in ks:
+        first_k = base[base["order"] < k]
+        votes = (first_k.dropna(subset=["vote"]).groupby([*KEYS, "vote"], sort=False)
+                 .agg(count=("order", "size"), first=("order", "min")).reset_index())
+        votes = votes.sort_values(["count", "first"], ascending=[False, True], kind="stable")
+        winners = votes.drop_duplicates(KEYS)[[*KEYS, "first"]].merge(
+            first_k[[*KEYS, "order", "correct"]], left_on=[*KEYS, "first"], right_on=[*KEYS, "order"])
+        cell = size[size["n"] >= k].merge(winners[[*KEYS, "correct"]], on=KEYS, how="left")
+        parts.append(cell[KEYS].assign(k=k, value=(cell["correct"].fillna(0.0) > 0).astype(float)))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[*KEYS, "k", "value"])
 
-    return _curve(_drop_short(_per_problem(frame, ks, value), frame), ks, level)
+
+def maj_at_k_curve(frame: pd.DataFrame, ks: Sequence[int], level: float = 0.95) -> pd.DataFrame:
+    return _curve(_drop_short(maj_at_k_values(frame, ks), frame), ks, level)
 
 
 def _drop_short(values: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
