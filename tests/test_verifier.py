@@ -132,7 +132,7 @@ def test_batch_deadline_cuts_stragglers_together(pool):
     assert hostile.count(Outcome.TIMEOUT) <= 2 * 2  # each of the 2 slots can run at most 2 full timeouts
     assert hostile.count(Outcome.CUT) >= 10 - 4
     # a cut pair was never fully heard: the next batch checks it again; a full timeout is remembered
-    cut = [p for p, o in zip(pairs[2:], hostile) if o is Outcome.CUT][0]
+    cut = next(p for p, o in zip(pairs[2:], hostile) if o is Outcome.CUT)
     calls = pool.stats["calls"]
     assert check_many([cut], timeout_s=0.5, pool=pool) == [Outcome.TIMEOUT]
     assert pool.stats["calls"] == calls + 1
@@ -205,7 +205,7 @@ def test_workers_die_with_their_parent(tmp_path):
         time.sleep(1.0)  # the tower is now inside sympy in one of them
         proc.kill()
         proc.wait(timeout=30)
-        gone, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=30)
+        _, alive = psutil.wait_procs([psutil.Process(p) for p in pids if psutil.pid_exists(p)], timeout=30)
         assert not alive
     finally:
         proc.kill()

@@ -57,7 +57,8 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
-from verl_bench.answers import E_NOTATION_RE, ascii_digits, fast_check
+from verl_bench.answers import ascii_digits, fast_check
+from verl_bench.verify_worker import MEMORY_ENV, PARENT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -96,87 +97,18 @@ class Outcome(enum.Enum):
 _CACHED = (Outcome.EQUAL, Outcome.DIFFERENT, Outcome.TIMEOUT)
 
 # --------------------------------------------------------------------------------------------------
-# The worker process
+# Worker processes (their side: verl_bench.verify_worker)
 # --------------------------------------------------------------------------------------------------
 
-_MV_CONFIG = None
-
-
-def _mv_equal(pred: str, gold: str) -> bool:
-    """math-verify with its own (signal-based) timeouts off; runs inside a worker process only."""
-    global _MV_CONFIG
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse
-    from math_verify import verify as mv_verify
-
-    if _MV_CONFIG is None:
-        _MV_CONFIG = [LatexExtractionConfig(), ExprExtractionConfig()]
-    # math-verify reads "4.5e33" as 4.5*E*33; give it LaTeX scientific notation instead.
-    pred, gold = (E_NOTATION_RE.sub(r"\1\\times10^{\2}", x.strip()) for x in (pred, gold))
-    g = parse("\\boxed{" + gold + "}", extraction_config=_MV_CONFIG, parsing_timeout=None)
-    p = parse("\\boxed{" + pred + "}", extraction_config=_MV_CONFIG, parsing_timeout=None)
-    if not g or not p:
-        return False
-    return bool(mv_verify(g, p, timeout_seconds=None))
-
-
-def _limit_memory(mem_mb: int) -> None:
-    import resource
-
-    soft = mem_mb * 1024 * 1024
-    _, hard = resource.getrlimit(resource.RLIMIT_AS)
-    if hard != resource.RLIM_INFINITY:
-        soft = min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
-def _worker_main() -> None:  # pragma: no cover - runs in the child process
-    """Worker loop: JSON lines in on stdin ({"id", "pred", "gold"}), JSON lines out ({"id", "ok"})."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we die
-    with contextlib.suppress(Exception):  # die with the parent even while stuck inside sympy
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        parent = os.environ.get("VERL_BENCH_VERIFY_PARENT")
-        if parent and os.getppid() != int(parent):  # the parent died before the signal was armed
-            os._exit(0)
-    # The protocol owns the original stdout; anything the libraries print goes to stderr.
-    out = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
-    os.dup2(2, 1)
-    mem_mb = int(os.environ.get("VERL_BENCH_VERIFY_MEM_MB", "0") or 0)
-    if mem_mb > 0:
-        with contextlib.suppress(Exception):
-            _limit_memory(mem_mb)
-    try:
-        logging.getLogger("math_verify").setLevel(logging.CRITICAL)
-        _mv_equal("1", "1")  # import sympy/latex2sympy and warm caches before reporting ready
-    except BaseException as e:  # noqa: BLE001
-        out.write(json.dumps({"error": repr(e)}) + "\n")
-        return
-    out.write(json.dumps({"ready": os.getpid()}) + "\n")
-    for line in sys.stdin:  # EOF: the parent closed our stdin or died
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            return
-        try:
-            ok = _mv_equal(str(msg["pred"]), str(msg["gold"]))
-        except BaseException:  # noqa: BLE001 - MemoryError, RecursionError, parser bugs: all "wrong"
-            ok = False
-        try:
-            out.write(json.dumps({"id": msg.get("id"), "ok": bool(ok)}) + "\n")
-        except (OSError, ValueError):
-            return
-
-
-_WORKER_CMD = "from verl_bench.verifier import _worker_main; _worker_main()"
+_WORKER_CMD = "from verl_bench.verify_worker import main; main()"
 
 
 def _popen_worker(memory_limit_mb: int | None) -> subprocess.Popen:
     env = dict(os.environ)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["VERL_BENCH_VERIFY_MEM_MB"] = str(int(memory_limit_mb or 0))
-    env["VERL_BENCH_VERIFY_PARENT"] = str(os.getpid())
+    env[MEMORY_ENV] = str(int(memory_limit_mb or 0))
+    env[PARENT_ENV] = str(os.getpid())
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(k, "1")
     return subprocess.Popen([sys.executable, "-c", _WORKER_CMD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -257,7 +189,7 @@ class _Spawner:
             task = self._tasks.get()
             try:
                 task()
-            except Exception:  # noqa: BLE001 - a failed task must not stop later starts
+            except Exception:  # a failed task must not stop later starts
                 log.exception("verifier spawner task failed")
 
     def submit(self, task: Callable[[], None]) -> None:
