@@ -9,7 +9,8 @@ Public API::
     default_pool(), shutdown_verifier()
 
 Order of checks: answers over ``MAX_ANSWER_CHARS`` are wrong without parsing (rejected, never cut: a cut
-answer could become another, right-looking one); then the fast path of ``verl_bench.answers`` (string,
+answer could become another, right-looking one); digits of other scripts become ASCII digits (for the fast
+path and math-verify alike, so such answers are accepted consistently); then the fast path of ``verl_bench.answers`` (string,
 exact-number and multiple-choice compares); then a cache; then math-verify in a worker process.
 
 Why processes. math-verify's own timeouts use ``signal.alarm`` (main thread only: in Ray workers and
@@ -18,7 +19,7 @@ So math-verify runs with its timeouts off in plain ``python -c`` children (start
 the caller's ``__main__``), one (pred, gold) pair at a time over JSON lines on stdin/stdout. The guarantees:
 
 * Per answer: an answer that has not finished ``timeout_s`` after it was sent is SIGKILLed with its
-  worker and counts as wrong (``Outcome.TIMEOUT``). Waiting is ``select`` on pipes: it works from any
+  worker and counts as wrong (``Outcome.TIMEOUT``). Waiting is ``poll`` on pipes: it works from any
   thread and any Ray worker.
 * Per batch: all pairs of a ``run`` go to the pool at once; ``batch_timeout_s`` after the batch got its
   first worker, every pair still running or waiting is dropped together (``Outcome.CUT``, workers
@@ -26,7 +27,9 @@ the caller's ``__main__``), one (pred, gold) pair at a time over JSON lines on s
 * No process start on the critical path: the pool keeps ``n_workers`` + ``spares`` workers (imports
   done); a batch uses at most ``n_workers`` at once, a killed worker's place is taken by a warm spare at
   once, and its replacement starts in the background (reaping the dead one too). Only a cold pool's
-  first batch waits for start-up, before its clock starts.
+  first batch waits for start-up, before its clock starts. The limit: answers that kill workers faster
+  than replacements start (a python + sympy import, about 1.5 s; much more on a loaded machine) use up
+  the warm ones, and the next pair waits for a start (within the batch deadline).
 * Memory: each worker runs under an address-space limit (``memory_limit_mb``, RLIMIT_AS): a memory bomb
   ends in MemoryError (wrong) or the worker's death (retried once on another worker, then
   ``Outcome.CRASHED``); the caller's process is untouched.
