@@ -24,16 +24,6 @@ from typing import Protocol
 from verl_bench.answers import extract_answer
 from verl_bench.verifier import DEFAULT_TIMEOUT_S, VerifierPool, check_many
 
-# Moved to verl_bench.answers / verl_bench.verifier (issue 11); importable from here until the modules that
-# still import them from here (verl_bench.audit, tests/test_eval_gold.py) switch over. Delete then.
-# isort: off
-from verl_bench.answers import E_NOTATION_RE as _E_NOTATION_RE  # noqa: F401
-from verl_bench.answers import as_number as _as_number  # noqa: F401
-from verl_bench.answers import extract_boxed, normalize_answer  # noqa: F401
-from verl_bench.answers import fast_check as _fast_check  # noqa: F401
-from verl_bench.verifier import shutdown_verifier, verify, verify_many  # noqa: F401
-# isort: on
-
 __all__ = [
     "BATCH_TIMEOUT_FACTOR",
     "DEFAULT_TIMEOUT_S",
