@@ -108,7 +108,8 @@ def run_trl(steps: int, gc: bool, use_vllm: bool, out: Path, work: Path) -> None
 # -------------------------------------------------------------------------------------- verl-bench side
 def verl_command(steps: int, gc: bool, shaping: bool, use_vllm: bool, run_dir: Path) -> list[str]:
     sets = [f"steps={steps}", f"run_dir={run_dir}", f"seed={WORKLOAD['seed']}", "checkpoint_every=0",
-            "keep_checkpoints=1", "data.eval_size=0", f"shaping.enabled={str(shaping).lower()}"]
+            "keep_checkpoints=1", "data.eval_size=0", f"shaping.enabled={str(shaping).lower()}",
+            f"rollout.max_new_tokens={WORKLOAD['max_new_tokens']}"]
     if gc:  # the config refuses share_prompt beside gradient checkpointing
         sets += ["gradient_checkpointing=true", "share_prompt=false"]
     if use_vllm:
@@ -164,7 +165,7 @@ def race(args, gc: bool, use_vllm: bool, work: Path) -> list[dict]:
     if "trl" in args.sides:
         out = work / f"trl_gc{int(gc)}_vllm{int(use_vllm)}.json"
         cmd = [sys.executable, __file__, "--side", "trl", "--steps", str(args.steps), "--gc", "on" if gc else "off",
-               "--record", str(out)] + (["--vllm", "on"] if use_vllm else [])
+               "--max-new-tokens", str(args.max_new_tokens), "--record", str(out)] + (["--vllm", "on"] if use_vllm else [])
         print(f"[{label}] TRL GRPOTrainer ...", flush=True)
         rc, wall, rss = run_child(cmd, work / f"trl_gc{int(gc)}.log")
         if rc != 0:
@@ -228,12 +229,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="also race with vLLM rollouts (auto: when CUDA is available)")
     ap.add_argument("--out", type=Path, default=RESULTS / "vs_trl.jsonl")
     ap.add_argument("--work", type=Path, default=None, help="run folders and logs (default: a temp folder)")
+    ap.add_argument("--max-new-tokens", type=int, default=WORKLOAD["max_new_tokens"],
+                    help="both sides (the race is at 64; fewer for a quick check that it runs)")
     ap.add_argument("--side", choices=["trl"], help=argparse.SUPPRESS)  # internal: one side in this process
     ap.add_argument("--record", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.steps < 2:
         ap.error("--steps must be >= 2 (step 1 is not timed)")
     args.sides = [s.strip() for s in args.sides.split(",")]
+    WORKLOAD["max_new_tokens"] = args.max_new_tokens
     if args.side == "trl":
         run_trl(args.steps, args.gc[0], args.vllm == "on", args.record, args.record.parent / "trl_out")
         return 0

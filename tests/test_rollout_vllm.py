@@ -292,6 +292,7 @@ def hf_run():
     return _mini_grpo(HFGenerateEngine(policy, tok), policy, 3)
 
 
+@pytest.mark.slow
 def test_three_steps_same_losses_as_hf_engine_and_weights_follow_the_policy(hf_run):
     hf_losses, hf_rolls = hf_run
     torch.manual_seed(0)
@@ -326,6 +327,7 @@ def test_three_steps_same_losses_as_hf_engine_and_weights_follow_the_policy(hf_r
         assert mismatch_stats(roll.sampler_logprobs, own, roll.response_mask)["rollout/logp_diff_max"] < 1e-4
 
 
+@pytest.mark.slow
 def test_tis_losses_match_hf_when_synced_and_differ_when_not(hf_run):
     hf_losses, hf_rolls = hf_run
 
