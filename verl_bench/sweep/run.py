@@ -14,6 +14,11 @@ from verl_bench.config import ConfigError, TrainConfig, _merge, from_dict
 from verl_bench.sweep.report import Carry, clean
 from verl_bench.sweep.spec import SweepSpec, _flat, _nest, check_resources, load_sweep
 
+# Tune gives a function trial's thread 2 s to stop before it reuses the actor for the next trial (or PBT
+# restarts it); a step plus its checkpoint save on a busy node takes longer, and the reuse then fails with
+# "Trainable runner reuse requires reset_config()". Ray workers inherit this from the driver's environment.
+os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
+
 # What a trial process that only drives Ray Train workers reserves when it asks for no CPU (resources.cpu 0):
 # Tune cannot schedule an empty request, and memory is what such a process does use.
 DRIVER_MEMORY = 256 * 2**20
