@@ -300,18 +300,66 @@ def test_step_metrics_read_rank_metrics_by_name_and_only_computed_terms():
                        era=torch.full((b,), -1.0, dtype=torch.float64))
     zeros = torch.zeros(b, dtype=torch.float64)
     shaped = Shaped(advantages=torch.zeros(b, 3), rewards=torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64),
-                    correct=torch.tensor([1.0, 0.0, 1.0, 0.0]), rank=rank, bonus=None,
+                    correct=torch.tensor([1.0, 0.0, 1.0, 0.0]), rank=rank, groups=torch.tensor([0, 0, 1, 1]),
+                    bonus=None,
                     shaping=ShapingOutput(zeros, zeros, torch.zeros(b, 3, dtype=torch.float64), 1.0, False),
                     shaper_before={})
     upd = UpdateResult(loss=0.25, grad_norm=2.0, stats={"kl": 0.5, "entropy": 0.3, "clip_frac": 0.1}, skipped=False)
-    rollout = SimpleNamespace(response_lengths=torch.tensor([3, 4, 5, 6]))
+    eos = 2
+    # lengths 3, 4, 5, 6 with max_new_tokens 6 (below): the 6-token row ends without EOS, the others with it
+    ids = torch.tensor([[5, 5, eos, 0, 0, 0], [5, 5, 5, eos, 0, 0], [5, 5, 5, 5, eos, 0], [5, 5, 5, 5, 5, 5]])
+    rollout = SimpleNamespace(response_lengths=torch.tensor([3, 4, 5, 6]), response_ids=ids)
     times = {"time/step_s": 2.0, "time/generate_s": 1.0, "time/reward_s": 0.5, "time/update_s": 0.5}
     for sets, with_kl, with_entropy in ([], False, False), (["algo.kl_coef=0.1", "algo.entropy_coef=0.01"], True, True):
-        run = SimpleNamespace(cfg=load_config(None, sets), world=World(), config_version=2,
-                              nonfinite={"total": 1, "consecutive": 0}, device=torch.device("cpu"))
+        run = SimpleNamespace(cfg=load_config(None, [*sets, "rollout.max_new_tokens=6"]), world=World(),
+                              config_version=2, nonfinite={"total": 1, "consecutive": 0}, device=torch.device("cpu"),
+                              tokenizer=SimpleNamespace(eos_token_id=eos))
         row = step_metrics(run, 7, rollout, shaped, upd, times)
         assert (row["rank/er"], row["rank/erv"], row["rank/era"]) == (300.0, 2.0, -1.0)
         assert ("kl" in row, "entropy" in row) == (with_kl, with_entropy)
         assert row["accuracy"] == 0.5 and row["response_length"] == 4.5 and row["config_version"] == 2
         assert row["train/nonfinite_steps"] == 1 and row["verl/active"] == 0.0
+        assert row["response/truncated"] == 0.25  # one row of four hit the cap without EOS
+        assert row["groups/all_equal"] == 0.0  # both groups hold a 1 and a 0
         assert set(row) <= set(METRIC_NAMES)
+
+
+def test_all_equal_fraction_counts_groups_where_the_bonus_cannot_act():
+    from verl_bench.train import all_equal_fraction
+
+    rewards = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.5, 0.5])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    assert all_equal_fraction(rewards, groups) == 0.75  # groups 0, 2, 3 are uniform; group 1 is not
+    assert all_equal_fraction(rewards[2:4], groups[2:4]) == 0.0
+
+
+def test_bf16_compute_keeps_fp32_master_weights_that_move(tmp_path):
+    """dtype names the compute dtype: the policy (and the optimizer's state) stays fp32 and moves at a small
+    lr; the sampler is a bf16 copy refreshed from the updated master weights after every step."""
+    cfg = _cfg(tmp_path, "bf16", "dtype=bfloat16", "steps=1", "data.eval_size=0", "algo.lr=5e-7")
+    assert cfg.algo.lr == 5e-7  # "5e-7" is a string to YAML 1.1; the loader reads it as the number it is
+    run = train_lib.setup(cfg, grader=alternating)
+    assert {p.dtype for p in run.lm.parameters()} == {torch.float32}
+    assert {p.dtype for p in run.sampler.parameters()} == {torch.bfloat16} and run.sampler is not run.lm
+    before = {k: v.clone() for k, v in run.lm.state_dict().items()}
+    prompts, rollout = train_lib.sample(run)
+    rewards, correct = train_lib.grade(run, prompts, rollout)
+    rollout = rollout.to(run.device)
+    rank, old_logp = train_lib.rank_metrics(run, rollout)
+    shaped = train_lib.shaped_advantages(run, rollout, rewards, correct, rank)
+    upd = train_lib.update(run, 1, rollout, shaped, old_logp)
+    assert not upd.skipped
+    moved = [k for k, v in run.lm.state_dict().items() if not torch.equal(v, before[k])]
+    assert len(moved) > len(before) // 2  # an AdamW step at lr 5e-7 moves fp32 weights (bf16 would round it away)
+    for c, m in zip(run.sampler.parameters(), run.lm.parameters(), strict=True):
+        assert torch.equal(c, m.to(torch.bfloat16))  # the rollout copy follows the update
+    state = run.optimizer.state_dict()["state"]
+    assert all(t.dtype == torch.float32 for s in state.values() for t in s.values() if t.dim() > 0)
+
+
+def test_optimizer_refuses_bf16_master_weights():
+    from verl_bench.precision import PrecisionError, master_weights_check
+
+    w = torch.nn.Parameter(torch.zeros(4, dtype=torch.bfloat16))
+    with pytest.raises(PrecisionError, match="master weights must be float32"):
+        master_weights_check(torch.optim.AdamW([w], lr=1e-3))

@@ -308,6 +308,9 @@ def _coerce(tp, value, source, lines, dotted):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        # YAML 1.1 reads "5e-7" (no dot) as a string; a number written that way is still a number
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+(\.\d*)?[eE][+-]?\d+", value.strip()):
+            value = float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)

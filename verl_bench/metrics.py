@@ -8,6 +8,8 @@ from __future__ import annotations
 STEP_METRICS = (
     "step", "config_version",
     "reward/mean", "reward/std", "accuracy", "response_length",
+    "groups/all_equal",  # share of prompt groups with all-equal rewards: zero advantage, no VERL bonus possible
+    "response/truncated",  # share of responses cut at max_new_tokens before EOS
     "rank/er", "rank/erv", "rank/era",
     # ShapingOutput.log_dict: Phi, the ERA gate, lambda, whether shaping acted, each metric's relative deviation
     "verl/phi_mean", "verl/beta_mean", "verl/lambda", "verl/active", "verl/rd_ERA", "verl/rd_ERV", "verl/rd_ER",

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from verl_bench import data as data_lib
+from verl_bench import precision
 from verl_bench import reward as reward_lib
 from verl_bench.checkpoint import (
     STATE_FILE,
@@ -70,7 +71,9 @@ class Run:
     world: World
     run_dir: Path
     device: torch.device
-    lm: torch.nn.Module  # the HF causal LM: sampled from, saved
+    lm: torch.nn.Module  # the HF causal LM in fp32 (the master weights): scored with grad, stepped, saved
+    compute_dtype: torch.dtype  # forward/backward run in this under autocast (bf16 on CUDA by default)
+    sampler: torch.nn.Module  # what the engine samples from: ``lm`` itself, or its copy in the compute dtype
     tokenizer: object
     scorer: ResponseScorer  # the same weights, scored with grad by the update
     ref_scorer: ResponseScorer | None  # the frozen initial policy (only with a KL term)
@@ -88,7 +91,8 @@ class Run:
     nonfinite: dict = field(default_factory=lambda: {"total": 0, "consecutive": 0})
 
     def score(self, scorer, rollout: Rollout):
-        return policy_forward(scorer, rollout, **self.scoring)
+        with precision.autocast(self.device, self.compute_dtype):
+            return policy_forward(scorer, rollout, **self.scoring)
 
     @property
     def sampling(self) -> SamplingParams:
@@ -201,6 +205,7 @@ class Shaped:
     rewards: torch.Tensor  # (B_global,) float64
     correct: torch.Tensor
     rank: RankMetrics  # float64, global
+    groups: torch.Tensor  # (B_global,) prompt index of each response, global
     bonus: torch.Tensor | None  # the VERL bonus per response (advantage target), global
     shaping: ShapingOutput
     shaper_before: dict  # the shaper's state before this batch: restored when the step is skipped
@@ -223,7 +228,7 @@ def shaped_advantages(run: Run, rollout: Rollout, rewards: torch.Tensor, correct
     mine = slice(world.rank * len(rewards), (world.rank + 1) * len(rewards))
     adv = token_advantages(a0[mine].float().to(run.device), rollout.response_mask,
                            None if bonus is None else bonus[mine].float().to(run.device), cfg.shaping.placement)
-    return Shaped(adv, g_rewards, g_correct, g_rank, bonus, shaping, before)
+    return Shaped(adv, g_rewards, g_correct, g_rank, g_groups, bonus, shaping, before)
 
 
 @dataclass
@@ -253,8 +258,9 @@ def update(run: Run, step: int, rollout: Rollout, shaped: Shaped, old_logp: torc
                         mask=rollout.response_mask, ref_logp=ref_logp, algo=cfg.algo, stats=stats,
                         weight=1 / len(minis))
         run.optimizer.zero_grad(set_to_none=True)
-        loss = float(policy_backward(run.scorer, rollout.select(rows), share, **run.scoring,
-                                     with_entropy=cfg.algo.entropy_coef > 0))
+        with precision.autocast(run.device, run.compute_dtype):  # fp32 master weights, compute in bf16 on CUDA
+            loss = float(policy_backward(run.scorer, rollout.select(rows), share, **run.scoring,
+                                         with_entropy=cfg.algo.entropy_coef > 0))
         world.average_gradients(run.scorer.parameters())
         grad_norm = float(torch.nn.utils.clip_grad_norm_(run.scorer.parameters(), cfg.algo.max_grad_norm))
         losses.append(loss)
@@ -268,6 +274,7 @@ def update(run: Run, step: int, rollout: Rollout, shaped: Shaped, old_logp: torc
                         f"({run.nonfinite['consecutive']} in a row)")
             return UpdateResult(loss, grad_norm, stats, skipped=True)
         run.optimizer.step()
+    precision.refresh_rollout_copy(run.sampler, run.lm)  # the next rollout samples the updated policy
     run.nonfinite["consecutive"] = 0
     return UpdateResult(sum(losses) / len(losses), sum(norms) / len(norms), stats, skipped=False)
 
@@ -311,13 +318,19 @@ def step_metrics(run: Run, step: int, rollout: Rollout, shaped: Shaped, upd: Upd
     statistics (kl and entropy only when their coefficient makes them computed), time and memory."""
     cfg, world = run.cfg, run.world
     lengths = rollout.response_lengths.float().cpu()
-    n_tokens = world.sum([float(lengths.sum())])[0]
+    # truncated: the response ran to max_new_tokens without sampling EOS (its answer may be cut off)
+    last = rollout.response_ids.gather(1, (lengths.long() - 1).clamp(min=0).unsqueeze(1).to(
+        rollout.response_ids.device)).squeeze(1).cpu()
+    truncated = (lengths >= cfg.rollout.max_new_tokens) & (last != run.tokenizer.eos_token_id)
+    n_tokens, n_truncated = world.sum([float(lengths.sum()), float(truncated.sum())])
     rewards = shaped.rewards
     frac_shaped = (float((shaped.bonus > 0).float().mean()) if shaped.bonus is not None else
                    float(shaped.shaping.active and cfg.shaping.target == "reward"))
     metrics = {
         "step": step, "config_version": run.config_version,
         "reward/mean": float(rewards.mean()), "reward/std": float(rewards.std()) if len(rewards) > 1 else 0.0,
+        "groups/all_equal": all_equal_fraction(rewards, shaped.groups),
+        "response/truncated": n_truncated / len(rewards),
         "accuracy": float(shaped.correct.mean()), "response_length": float(lengths.mean()),
         "rank/er": float(shaped.rank.er.mean()), "rank/erv": float(shaped.rank.erv.mean()),
         "rank/era": float(shaped.rank.era.mean()),
@@ -331,6 +344,14 @@ def step_metrics(run: Run, step: int, rollout: Rollout, shaped: Shaped, upd: Upd
     if run.device.type == "cuda":
         metrics["memory/peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 2**30
     return metrics
+
+
+def all_equal_fraction(rewards: torch.Tensor, groups: torch.Tensor) -> float:
+    """Share of prompt groups whose responses all got the same reward: their GRPO advantage is zero, so
+    VERL's bonus (at most |A0| / kappa) cannot act on them."""
+    ids = groups.unique()
+    same = [bool((rewards[groups == g] == rewards[groups == g][0]).all()) for g in ids.tolist()]
+    return sum(same) / max(len(same), 1)
 
 
 @torch.no_grad()
@@ -375,8 +396,8 @@ def setup(cfg: TrainConfig, resume_from: str | Path | None = None, grader: Grade
         raise ConfigError(f"model: {cfg.model}: no safetensors weights (pickled .bin weights are never loaded)")
 
     seed_everything(cfg.seed + world.rank)
-    dtype = None if cfg.dtype == "auto" else cfg.dtype
-    lm, tokenizer = load_model(ckpt if ckpt is not None else cfg.model, dtype=dtype, device=device)
+    compute = precision.compute_dtype(cfg.dtype, device)  # cfg.dtype names the compute dtype only
+    lm, tokenizer = load_model(ckpt if ckpt is not None else cfg.model, dtype=precision.MASTER_DTYPE, device=device)
     if cfg.gradient_checkpointing:  # per decoder layer, inside each micro-batch (config: not with share_prompt)
         if hasattr(lm, "activation_checkpointing_enable"):  # the name since transformers 5.x
             lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
@@ -385,19 +406,22 @@ def setup(cfg: TrainConfig, resume_from: str | Path | None = None, grader: Grade
         lm.config.use_cache = False
     ref_scorer = None
     if cfg.algo.kl_coef > 0:
-        ref_lm, _ = load_model(cfg.model, dtype=dtype, device=device)
+        ref_lm, _ = load_model(cfg.model, dtype=compute, device=device)  # frozen: never stepped
         ref_scorer = ResponseScorer(ref_lm.requires_grad_(False).eval())
     render = partial(data_lib.render_prompt, cfg.data.template, tokenizer=tokenizer)
+    sampler = precision.rollout_copy(lm, compute)  # bf16 copy on CUDA (a bf16 KV cache), ``lm`` itself on CPU
     run = Run(
-        cfg=cfg, world=world, run_dir=run_dir, device=device, lm=lm, tokenizer=tokenizer,
+        cfg=cfg, world=world, run_dir=run_dir, device=device, lm=lm, compute_dtype=compute, sampler=sampler,
+        tokenizer=tokenizer,
         scorer=ResponseScorer(lm), ref_scorer=ref_scorer,
         optimizer=torch.optim.AdamW(lm.parameters(), lr=cfg.algo.lr, weight_decay=cfg.algo.weight_decay,
                                     fused=device.type in ("cpu", "cuda")),  # one pass over the weights, not ~10
         shaper=RankShaper(cfg.shaping), stream=data_lib.PromptStream(len(train_set), cfg.seed),
-        engine=ENGINES[cfg.rollout.engine](lm, tokenizer), grader=grader or reward_lib.grade_batch,
+        engine=ENGINES[cfg.rollout.engine](sampler, tokenizer), grader=grader or reward_lib.grade_batch,
         train_set=train_set, eval_set=eval_set,
         train_prompts=[render(p.question) for p in train_set], eval_prompts=[render(p.question) for p in eval_set],
     )
+    precision.master_weights_check(run.optimizer)  # AdamW never steps bf16 weights (updates would round to 0)
     if ckpt is not None:
         restore(run, ckpt)
     if world.rank == 0:
