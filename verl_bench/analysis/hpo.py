@@ -22,22 +22,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from verl_bench.sweep.spec import flatten as _flat
+
 PARAMS_FILE, RESULT_FILE = "params.json", "result.json"
 RUN_METRICS = Path("run") / "metrics.jsonl"  # the training run inside a trial folder (verl_bench.sweep)
 FANOVA_TREES, FANOVA_DEPTH = 8, 8  # measured: ~0.25 s per evaluation for 40 trials x 3 knobs on a busy 2-core box
 
 
 # ------------------------------------------------------------------------------------------ reading
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _json_lines(path: Path) -> list[dict]:
     rows = []
     for line in path.read_text().splitlines():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from verl_bench.evaluate.presets import EvalPreset
 from verl_bench.evaluate.tasks import GRADES, GROUP, build_task, check_benchmarks, task_name
+from verl_bench.sweep.spec import flatten as _flat
 
 EVAL_DIR = "eval"  # beside a checkpoint's weights: <checkpoint>/eval/<template>/<protocol>/
 TABLE = "eval_table"  # <experiment or output>/eval_table.{parquet,csv}
@@ -298,16 +299,6 @@ def _validation_scores(metrics_file: Path, metric: str) -> dict[int, float]:
             if isinstance(row.get(metric), (int, float)):
                 scores[int(row["step"])] = float(row[metric])
     return scores
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- many jobs

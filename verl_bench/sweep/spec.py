@@ -26,7 +26,8 @@ SCHEDULER_KEYS = {  # the keys each scheduler kind reads besides `kind`
 TOP_KEYS = ("base", "space", "search", "scheduler", "metric", "mode", "num_samples", "resources",
             "max_concurrent", "max_failures", "name", "storage")
 # what verl_bench.train.train reports (val/* only at eval steps and the last step)
-from verl_bench.metrics import METRIC_NAMES as KNOWN_METRICS  # noqa: E402
+from verl_bench.metrics import METRIC_NAMES as KNOWN_METRICS
+
 # Keys PBT may change when it restarts a trial from another trial's checkpoint: train() reads them afresh at
 # every (re)start and the checkpoint holds nothing that depends on them (it re-applies lr and weight decay
 # after loading the optimizer state). Every other key fixes what a checkpoint means (model, data, seed,
@@ -510,14 +511,18 @@ def _nest(dotted: dict) -> dict:
     return out
 
 
-def _flat(d: dict, prefix: str = "", sep: str = ".") -> dict:
+def flatten(d: dict, prefix: str = "", sep: str = ".") -> dict:
+    """A nested mapping as {"a.b.c": value} (the dotted keys configs, sweeps and reports use)."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}{sep}", sep))
+            out.update(flatten(v, f"{prefix}{k}{sep}", sep))
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+_flat = flatten
 
 
 def _get_dotted(d: dict, key: str):
