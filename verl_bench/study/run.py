@@ -142,7 +142,7 @@ def _known_trials(study_dir: Path) -> dict[str, dict]:
 
 def train_stage(spec: StudySpec, study_dir: Path, *, resume: bool, address: str | None, log=print) -> dict[str, dict]:
     """Train every trial that is not complete; returns cell key -> {trial, trial_dir, run_dir, error}."""
-    from verl_bench.sweep.run import finished_run, run_cells
+    from verl_bench.sweep.run import cell_home, finished_run, run_cells
 
     known = _known_trials(study_dir)
     if known and all(k in known and finished_run(study_dir / known[k]["run_dir"], spec.steps) for k in
@@ -171,7 +171,8 @@ def train_stage(spec: StudySpec, study_dir: Path, *, resume: bool, address: str 
     for r in results:
         cfg = r.config
         key = cell_key(cfg["model"], cfg["arm"], cfg["seed"])
-        trial_dir = Path(r.path)
+        dims = {"model": cfg["model"], "arm": cfg["arm"], "seed": cfg["seed"]}
+        trial_dir = cell_home(study_dir / TRAIN_DIR, dims, spec.steps) or Path(r.path)  # see cell_home
         trial_id = (r.metrics or {}).get("trial_id") or _trial_id(trial_dir)
         out[key] = {"trial": trial_id, "trial_dir": _rel(trial_dir, study_dir),
                     "run_dir": _rel(trial_dir / "run", study_dir),

@@ -42,6 +42,9 @@ def _trial(config: dict, sweep: dict) -> None:
     # the trial's folder in the sweep's storage (get_trial_dir() is a per-Ray-session staging copy that is
     # only synced at the end, so a resumed trial would not see its own run there)
     trial_dir = Path(sweep["experiment_path"]) / Path(tune.get_context().get_trial_dir()).name
+    if "cells" in sweep:  # a cell trained (or begun) by an earlier trial of a restored grid continues there
+        trial_dir = cell_home(Path(sweep["experiment_path"]), {d: sampled[d] for d in sweep["cell_dims"]},
+                              cfg.steps) or trial_dir
     try:
         if cfg.ray.num_workers > 1:
             _fit_train_run(cfg, trial_dir, sweep)
@@ -145,6 +148,26 @@ def finished_run(run_dir: str | Path, steps: int) -> bool:
     ckpt = latest_checkpoint(run_dir)
     rows = _metric_rows(Path(run_dir) / "metrics.jsonl")
     return ckpt is not None and ckpt.name == f"step_{steps:06d}" and bool(rows) and rows[-1].get("step") == steps
+
+
+def cell_home(experiment: Path, dims: dict, steps: int) -> Path | None:
+    """The trial folder already holding the training run of this grid cell, if any: a finished run first,
+    else the one with the newest checkpoint. Tune regenerates a restored grid's trials (new folders for
+    cells an earlier driver had started or finished), so a cell's work is found by its dims, not its folder.
+    """
+    homes = []
+    for params in experiment.glob("*/params.json"):
+        try:
+            got = json.loads(params.read_text())
+        except (OSError, ValueError):
+            continue
+        run = params.parent / "run"
+        if run.is_dir() and all(str(got.get(k)) == str(v) for k, v in dims.items()):
+            from verl_bench.train import latest_checkpoint
+
+            ckpt = latest_checkpoint(run)
+            homes.append((finished_run(run, steps), ckpt.name if ckpt else "", params.parent.name, params.parent))
+    return max(homes)[3] if homes else None
 
 
 # ------------------------------------------------------------------------------------------ the sweep
@@ -296,7 +319,11 @@ def _fit(spec: SweepSpec, path: Path, payload: dict, param_space, *, resume: boo
     if resume:
         if not tune.Tuner.can_restore(str(path)):
             raise ConfigError(f"--resume: {path} holds no restorable Tune experiment")
-        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True)
+        # a restored grid of cells needs its param space again (Ray 2.60 does not keep it: the generator would
+        # make a trial with no config); it regenerates every cell, and cell_home sends each to its own run.
+        # A searched sweep's searcher (Optuna) restores its own state and is given nothing new.
+        space = {"param_space": param_space()} if "cells" in payload else {}
+        tuner = tune.Tuner.restore(str(path), trainable, resume_unfinished=True, resume_errored=True, **space)
         return tuner.fit()
 
     single = len(spec.metrics) == 1
