@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
+
 from verl_bench.errors import UserError
 
 if TYPE_CHECKING:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from verl_bench.errors import UserError
 from verl_bench.evaluate.presets import PRESETS, get_preset
 from verl_bench.evaluate.run import (
     TABLE,
@@ -16,7 +17,6 @@ from verl_bench.evaluate.run import (
     write_table,
 )
 from verl_bench.evaluate.tasks import BENCHMARKS, GROUP, build_docs, check_benchmarks
-from verl_bench.errors import UserError
 
 DEFAULT_OUTPUT = "runs/eval"
 
