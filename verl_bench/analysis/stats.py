@@ -2,14 +2,7 @@
 (seed x problem) arrays of ``verl_bench.analysis.intervals`` (the statistical model and its measured
 coverage are described there) -> plain dataclasses and tables, with the method written beside each number.
 
-With one seed per (trained) arm the seed term cannot be estimated: the interval covers problems and samples
-only and ``seed_variance_measured`` is False. The untrained base model (arm "base") has no training seed.
-With < 50 problems and one seed per arm the p-value of a difference is an exact sign-flip permutation test
-(the exact sign test when there is one sample per problem), and one arm's accuracy from one sample per
-problem gets a Wilson score interval (``verl_bench.analysis.smallsample``).
-
-The "average" benchmark is the unweighted mean over benchmarks of per-benchmark accuracies (each problem of
-benchmark b weighs 1/(B P_b)), computed per seed, with the same terms (problem term sum_b var(d_b)/(B^2 P_b)).
+One seed per arm, small benchmarks and the "average" endpoint: see ``intervals``.
 """
 
 from __future__ import annotations
