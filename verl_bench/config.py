@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from verl_bench.errors import UserError
+from verl_bench.rollout_vllm import VLLMOptions
 from verl_bench.shaping import ShapingConfig
 
 
@@ -38,7 +39,8 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: Literal["cached", "hf"] = "cached"  # cached: shared prefill, finished samples leave the batch
+    engine: Literal["cached", "hf", "vllm"] = "cached"  # cached: shared prefill, finished samples leave the
+    #                                                   batch; vllm: a colocated vLLM (verl_bench.rollout_vllm)
     prompts_per_step: int = 4  # across all workers
     n: int = 8  # samples per prompt (the GRPO group)
     temperature: float = 1.0
@@ -47,6 +49,7 @@ class RolloutConfig:
     min_new_tokens: int = 0  # EOS cannot be sampled before this many tokens (HF's min_new_tokens); set it to
     #                          max_new_tokens to time steps at a fixed length (see benchmarks/grpo_step.py)
     eval_max_new_tokens: int | None = None  # default: max_new_tokens
+    vllm: VLLMOptions = field(default_factory=VLLMOptions)  # read only with engine: vllm
 
 
 @dataclass
@@ -74,11 +77,16 @@ class AlgoConfig:
     kl_coef: float = 0.0  # low-variance k3 KL to the frozen initial policy
     entropy_coef: float = 0.0
     mini_batches: int = 1  # optimizer steps per rollout batch
+    tis_cap: float | None = None  # truncated importance sampling of the sampler/policy mismatch (engine vllm
+    #                               only): each token's loss weighted by min(pi_policy / pi_vllm, tis_cap)
 
 
 @dataclass
 class RayConfig:
-    num_workers: int = 1  # Ray Train workers (DDP)
+    num_workers: int = 1  # Ray Train workers
+    # ddp: every worker holds the whole model, gradients averaged after backward; fsdp: parameters, gradients
+    # and optimizer state sharded over the workers (FSDP2, verl_bench.distributed.shard_scorer)
+    strategy: Literal["ddp", "fsdp"] = "ddp"
     use_gpu: bool = False
     cpus_per_worker: int = 1
     address: str | None = None  # None: start a local Ray
@@ -130,19 +138,31 @@ class TrainConfig:
             (self.algo.mini_batches >= 1, "algo.mini_batches", "must be >= 1"),
             (self.rank.stride >= 1, "rank.stride", "must be >= 1"),
             (self.rank.window >= 1, "rank.window", "must be >= 1"),
+            (self.rank.window >= 2 * self.rank.stride, "rank.window",
+             (f"must be >= 2 x rank.stride ({2 * self.rank.stride}): ERV and ERA need two prefixes inside the "
+              "window, else they are always 0")),
             (self.ray.num_workers >= 1, "ray.num_workers", "must be >= 1"),
+            (self.ray.strategy in ("ddp", "fsdp"), "ray.strategy", "must be 'ddp' or 'fsdp'"),
+            (not (self.ray.strategy == "fsdp" and self.micro_batch_tokens), "micro_batch_tokens",
+             ("cannot be used with ray.strategy: fsdp: a token budget gives each worker its own number of "
+              "micro-batches, and FSDP's gathers need the same number on every worker (bound memory with "
+              "micro_batch instead)")),
             (self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0"),
             (self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be >= 1"),
             (self.micro_batch is None or self.micro_batch >= 1, "micro_batch", "must be >= 1 or null"),
             (self.micro_batch_tokens is None or self.micro_batch_tokens >= 1, "micro_batch_tokens",
              "must be >= 1 or null"),
-            (self.rollout.prompts_per_step % self.ray.num_workers == 0, "rollout.prompts_per_step",
+            (self.rollout.prompts_per_step % max(self.ray.num_workers, 1) == 0, "rollout.prompts_per_step",
              f"must be a multiple of ray.num_workers ({self.ray.num_workers})"),
             (self.algo.mini_batches <= self.rollout.prompts_per_step * self.rollout.n, "algo.mini_batches",
              "must not exceed the responses per step"),
             (not (self.share_prompt and self.gradient_checkpointing), "share_prompt",
              ("cannot be combined with gradient_checkpointing: HF turns off the KV cache that carries the shared "
               "prompt under it (memory is bounded by micro_batch_tokens either way: lower it instead)")),
+            (self.algo.tis_cap is None or self.algo.tis_cap >= 1, "algo.tis_cap", "must be >= 1 or null"),
+            (self.algo.tis_cap is None or self.rollout.engine == "vllm", "algo.tis_cap",
+             "corrects vLLM's sampling mismatch: it needs rollout.engine: vllm"),
+            *self.rollout.vllm.checks(),
         ]
         for ok, key, why in checks:
             if not ok:
@@ -184,7 +204,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = yaml.safe_load(text)
             lines = _key_lines(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{source}: not valid YAML: {e}") from None
+            raise yaml_error(source, e) from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -220,6 +240,14 @@ def _set_dotted(data: dict, key: str, value: Any) -> None:
         if not isinstance(node, dict):
             raise ConfigError(f"--set {key}: {p!r} is not a section")
     node[parts[-1]] = value
+
+
+def yaml_error(source: str, e: yaml.YAMLError) -> ConfigError:
+    """A YAML parse error in one line, ``file:line: not valid YAML: what``, not PyYAML's multi-line text."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"{source}:{mark.line + 1}" if mark is not None else source
+    what = " ".join(str(getattr(e, "problem", None) or e).split())
+    return ConfigError(f"{where}: not valid YAML: {what}")
 
 
 def _key_lines(text: str) -> dict[str, int]:

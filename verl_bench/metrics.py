@@ -23,6 +23,9 @@ OPTIONAL_METRICS = (
     "kl",  # only with algo.kl_coef > 0 (there is no reference policy otherwise)
     "entropy",  # only with algo.entropy_coef > 0 (not computed otherwise; a 0.0 would read as collapse)
     "memory/peak_cuda_gb",  # on CUDA
+    # rollout.engine vllm: |log p_vllm - log p_policy| over response tokens, the k3 KL(vllm || policy), and with
+    # algo.tis_cap the mean truncated importance weight and the share of tokens the cap truncated
+    "rollout/logp_diff_mean", "rollout/logp_diff_max", "rollout/kl_k3", "rollout/tis_mean", "rollout/tis_capped_frac",
 )
 # the held-out validation: step 0, every eval_every steps and the last step
 VALIDATION_METRICS = ("val/accuracy", "val/problems", "val/response_length")

@@ -8,9 +8,10 @@ micro-batch's activations are ever alive, nothing is recomputed).
 
 ``train(cfg, report=...)`` is a plain function: it runs alone (``verl-bench train``), inside each Ray Train
 worker (``verl_bench.distributed`` wraps it; when torch.distributed is initialised the workers average their
-gradients, as DDP would) and inside a Tune trial. It never imports Ray. Checkpoints (``verl_bench.checkpoint``)
-are HF folders plus the trainer state; a run resumes from its newest sound checkpoint exactly, and only under
-the config it was trained with (``verl_bench.runfolder``).
+gradients, as DDP would, or with ``ray.strategy: fsdp`` shard the model: ``verl_bench.fsdp``) and inside a
+Tune trial. It never imports Ray. Checkpoints (``verl_bench.checkpoint``) are HF folders plus the trainer
+state; a run resumes from its newest sound checkpoint exactly, and only under the config it was trained with
+(``verl_bench.runfolder``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from verl_bench.checkpoint import (
 )
 from verl_bench.config import ConfigError, TrainConfig
 from verl_bench.distributed import World
+from verl_bench.fsdp import shard_models
 from verl_bench.errors import UserError
 from verl_bench.grpo import policy_loss
 from verl_bench.metrics import METRIC_NAMES
@@ -48,6 +50,7 @@ from verl_bench.policy import ResponseScorer, policy_backward, policy_forward
 from verl_bench.rank import RankMetrics, rank_dynamics
 from verl_bench.reward import Grader
 from verl_bench.rollout import ENGINES, Rollout, SamplingParams
+from verl_bench.rollout_vllm import VLLMEngine, check_vllm, mismatch_stats, tis_weights
 from verl_bench.runfolder import append_metrics, check_resume, record_config, truncate_metrics
 from verl_bench.shaping import RankShaper, ShapingOutput, stack_metrics, token_advantages
 from verl_bench.sysutil import keep_freed_memory, peak_rss_gb, pick_device
@@ -91,8 +94,13 @@ class Run:
     nonfinite: dict = field(default_factory=lambda: {"total": 0, "consecutive": 0})
 
     def score(self, scorer, rollout: Rollout):
-        with precision.autocast(self.device, self.compute_dtype):
+        with self.autocast():
             return policy_forward(scorer, rollout, **self.scoring)
+
+    def autocast(self):
+        """Compute in ``compute_dtype`` over the fp32 master weights (under FSDP its MixedPrecisionPolicy
+        gathers the weights in that dtype instead: no autocast)."""
+        return precision.autocast(self.device, precision.MASTER_DTYPE if self.world.sharded else self.compute_dtype)
 
     @property
     def sampling(self) -> SamplingParams:
@@ -135,19 +143,21 @@ def train(cfg: TrainConfig, report: Reporter | None = None, resume_from: str | P
         # 2. reward each response
         rewards, correct = grade(run, prompts, rollout)
         t_rew = time.perf_counter()
-        # 3. rank metrics of each response (and the old log-probs when several updates share the rollout)
+        # 3. rank metrics of each response (and the policy's log-probs, when a scoring pass was needed)
         rollout = rollout.to(run.device)
-        rank, old_logp = rank_metrics(run, rollout)
-        # 4. shaped advantages over the global batch (every worker holds the same baselines)
+        rank, policy_logp = rank_metrics(run, rollout)
+        # 4. shaped advantages over the global batch (every worker holds the same baselines); when another
+        #    engine (vLLM) sampled, its gap to the policy is measured and, with algo.tis_cap, corrected
         shaped = shaped_advantages(run, rollout, rewards, correct, rank)
+        sampler_gap = sampler_correction(run, rollout, shaped, policy_logp)
         # 5. the update: clipped loss (+ KL, entropy), gradients averaged over workers, one optimizer step per
-        #    mini-batch, skipped when the loss or the gradient norm is not finite
-        upd = update(run, step, rollout, shaped, old_logp)
+        #    mini-batch (the old log-probs: this policy's, before the first), skipped when not finite
+        upd = update(run, step, rollout, shaped, policy_logp if cfg.algo.mini_batches > 1 else None)
         t_end = time.perf_counter()
         # 6. report, validate, checkpoint
         metrics = step_metrics(run, step, rollout, shaped, upd, {
             "time/step_s": t_end - t0, "time/generate_s": t_gen - t0, "time/reward_s": t_rew - t_gen,
-            "time/update_s": t_end - t_rew})
+            "time/update_s": t_end - t_rew}) | sampler_gap
         if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.steps:
             metrics.update(validation(run) if cfg.data.eval_size else {})
         due = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == cfg.steps
@@ -167,7 +177,10 @@ def sample(run: Run) -> tuple[list[int], Rollout]:
     per_worker = cfg.rollout.prompts_per_step // world.size
     run.lm.train()
     prompts = run.stream.take(cfg.rollout.prompts_per_step)[world.rank * per_worker:(world.rank + 1) * per_worker]
-    return prompts, run.engine.generate([run.train_prompts[i] for i in prompts], run.sampling)
+    rollout = run.engine.generate([run.train_prompts[i] for i in prompts], run.sampling)
+    if isinstance(run.engine, VLLMEngine):
+        run.engine.sleep()  # with enable_sleep_mode its KV cache is free for the update (the next generate wakes it)
+    return prompts, rollout
 
 
 def grade(run: Run, prompts: list[int], rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,19 +195,35 @@ def grade(run: Run, prompts: list[int], rollout: Rollout) -> tuple[torch.Tensor,
 def rank_metrics(run: Run, rollout: Rollout) -> tuple[RankMetrics, torch.Tensor | None]:
     """ER, ERV, ERA of each response from the post-norm hidden states of its tokens (float64 Gram route).
 
-    The sampler records those states; otherwise (or when several mini-batches need the old log-probs) one
-    no-grad scoring pass gives them. Returns the old log-probs too (None: one update per rollout, where the
-    old policy is the current one).
+    The HF samplers record those states; otherwise (vLLM), or when several mini-batches need the old
+    log-probs, one no-grad scoring pass gives them. Returns the policy's log-probs from that pass too (None
+    when none ran).
     """
     cfg = run.cfg
-    hidden, old_logp = rollout.hidden, None
+    hidden, policy_logp = rollout.hidden, None
     if hidden is None or cfg.algo.mini_batches > 1:
         with torch.no_grad():
             out = run.score(run.scorer, rollout)
-        hidden, old_logp = out.hidden, (out.logprobs if cfg.algo.mini_batches > 1 else None)
+        hidden, policy_logp = out.hidden, out.logprobs
     rank = rank_dynamics(hidden, rollout.response_mask, stride=cfg.rank.stride, window=cfg.rank.window,
                          dtype=getattr(torch, cfg.rank.dtype))
-    return rank, old_logp
+    return rank, policy_logp
+
+
+def sampler_correction(run: Run, rollout: Rollout, shaped: Shaped, policy_logp: torch.Tensor | None) -> dict:
+    """When vLLM sampled: how far its log-probs are from the policy's (mean and max |diff| over response
+    tokens, k3 KL; averaged over workers, max of the max), and with ``algo.tis_cap`` each token's advantage
+    weighted by min(pi_policy / pi_vllm, cap): truncated importance sampling, as verl and TRL do. The HF
+    engines sample from the policy itself: nothing to measure."""
+    if rollout.sampler_logprobs is None or policy_logp is None:
+        return {}
+    cap, mask = run.cfg.algo.tis_cap, rollout.response_mask
+    if cap is not None:
+        shaped.advantages = shaped.advantages * tis_weights(rollout.sampler_logprobs, policy_logp, mask, cap)
+    mine = mismatch_stats(rollout.sampler_logprobs, policy_logp, mask, tis_cap=cap)
+    every = run.world.gather_objects(mine)
+    return {k: max(w[k] for w in every) if k.endswith("_max") else sum(w[k] for w in every) / len(every)
+            for k in mine}
 
 
 @dataclass
@@ -258,11 +287,11 @@ def update(run: Run, step: int, rollout: Rollout, shaped: Shaped, old_logp: torc
                         mask=rollout.response_mask, ref_logp=ref_logp, algo=cfg.algo, stats=stats,
                         weight=1 / len(minis))
         run.optimizer.zero_grad(set_to_none=True)
-        with precision.autocast(run.device, run.compute_dtype):  # fp32 master weights, compute in bf16 on CUDA
+        with run.autocast():  # fp32 master weights, compute in bf16 on CUDA
             loss = float(policy_backward(run.scorer, rollout.select(rows), share, **run.scoring,
                                          with_entropy=cfg.algo.entropy_coef > 0))
-        world.average_gradients(run.scorer.parameters())
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(run.scorer.parameters(), cfg.algo.max_grad_norm))
+        world.average_gradients(run.scorer.parameters())  # ddp (fsdp reduce-scattered them in backward)
+        grad_norm = world.clip_grad_norm(run.scorer.parameters(), cfg.algo.max_grad_norm)
         losses.append(loss)
         norms.append(grad_norm)
         if world.sum([float(not (math.isfinite(loss) and math.isfinite(grad_norm)))])[0] > 0:
@@ -274,9 +303,18 @@ def update(run: Run, step: int, rollout: Rollout, shaped: Shaped, old_logp: torc
                         f"({run.nonfinite['consecutive']} in a row)")
             return UpdateResult(loss, grad_norm, stats, skipped=True)
         run.optimizer.step()
-    precision.refresh_rollout_copy(run.sampler, run.lm)  # the next rollout samples the updated policy
+    refresh_sampler(run)
     run.nonfinite["consecutive"] = 0
     return UpdateResult(sum(losses) / len(losses), sum(norms) / len(norms), stats, skipped=False)
+
+
+def refresh_sampler(run: Run) -> None:
+    """The next rollout samples the updated policy: vLLM gets the new weights (and drops its prefix cache);
+    the HF engines' bf16 copy (CUDA) is refreshed from the fp32 master weights."""
+    if isinstance(run.engine, VLLMEngine):
+        run.engine.sync_weights(run.lm)
+    else:
+        precision.refresh_rollout_copy(run.sampler, run.lm)
 
 
 def stop_if_diverged(run: Run, step: int) -> None:
@@ -395,6 +433,9 @@ def setup(cfg: TrainConfig, resume_from: str | Path | None = None, grader: Grade
     elif Path(cfg.model).is_dir() and not any(Path(cfg.model).glob("*.safetensors")):
         raise ConfigError(f"model: {cfg.model}: no safetensors weights (pickled .bin weights are never loaded)")
 
+    if cfg.rollout.engine == "vllm":  # what to install, before any model loads
+        check_vllm(enable_sleep_mode=cfg.rollout.vllm.enable_sleep_mode)
+
     seed_everything(cfg.seed + world.rank)
     compute = precision.compute_dtype(cfg.dtype, device)  # cfg.dtype names the compute dtype only
     lm, tokenizer = load_model(ckpt if ckpt is not None else cfg.model, dtype=precision.MASTER_DTYPE, device=device)
@@ -409,15 +450,20 @@ def setup(cfg: TrainConfig, resume_from: str | Path | None = None, grader: Grade
         ref_lm, _ = load_model(cfg.model, dtype=compute, device=device)  # frozen: never stepped
         ref_scorer = ResponseScorer(ref_lm.requires_grad_(False).eval())
     render = partial(data_lib.render_prompt, cfg.data.template, tokenizer=tokenizer)
-    sampler = precision.rollout_copy(lm, compute)  # bf16 copy on CUDA (a bf16 KV cache), ``lm`` itself on CPU
+    # the HF engines sample from a bf16 copy on CUDA (a bf16 KV cache), from ``lm`` itself on CPU; vLLM keeps
+    # its own copy of the weights
+    sampler = lm if cfg.rollout.engine == "vllm" else precision.rollout_copy(lm, compute)
+    scorer = ResponseScorer(lm)
+    if cfg.ray.strategy == "fsdp":  # weights, gradients and optimizer state sharded; the engines get a whole copy
+        world, scorer, ref_scorer, sampler = shard_models(world, lm, sampler, ref_scorer, compute, device)
     run = Run(
         cfg=cfg, world=world, run_dir=run_dir, device=device, lm=lm, compute_dtype=compute, sampler=sampler,
         tokenizer=tokenizer,
-        scorer=ResponseScorer(lm), ref_scorer=ref_scorer,
+        scorer=scorer, ref_scorer=ref_scorer,
         optimizer=torch.optim.AdamW(lm.parameters(), lr=cfg.algo.lr, weight_decay=cfg.algo.weight_decay,
                                     fused=device.type in ("cpu", "cuda")),  # one pass over the weights, not ~10
         shaper=RankShaper(cfg.shaping), stream=data_lib.PromptStream(len(train_set), cfg.seed),
-        engine=ENGINES[cfg.rollout.engine](sampler, tokenizer), grader=grader or reward_lib.grade_batch,
+        engine=make_engine(cfg, sampler, tokenizer, run_dir, world.rank), grader=grader or reward_lib.grade_batch,
         train_set=train_set, eval_set=eval_set,
         train_prompts=[render(p.question) for p in train_set], eval_prompts=[render(p.question) for p in eval_set],
     )
@@ -432,16 +478,31 @@ def setup(cfg: TrainConfig, resume_from: str | Path | None = None, grader: Grade
     return run
 
 
+def make_engine(cfg: TrainConfig, sampler: torch.nn.Module, tokenizer, run_dir: Path, rank: int):
+    """The rollout engine ``rollout.engine`` names. vLLM loads a model folder, then takes the policy's
+    weights (they may be a checkpoint's); a model built from a config has none, so it is written once."""
+    if cfg.rollout.engine != "vllm":
+        return ENGINES[cfg.rollout.engine](sampler, tokenizer)
+    folder = Path(sampler.name_or_path)
+    if not (folder / "config.json").is_file():
+        folder = run_dir / "vllm_model" / f"rank{rank}"
+        if not (folder / "config.json").is_file():
+            sampler.save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+    return VLLMEngine(sampler, tokenizer, options=cfg.rollout.vllm, seed=cfg.seed + rank, model_path=str(folder))
+
+
 def save(run: Run, step: int) -> Path | None:
     """Checkpoint the run after ``step`` (rank 0 writes; every worker's RNG state is in it). The mirror of
     ``restore``."""
     rngs = run.world.gather_objects(rng_state())  # every worker's sampler resumes exactly
+    weights, optimizer = run.world.checkpoint_state(run.lm, run.optimizer)  # fsdp: gathered from the shards
     folder = None
     if run.world.rank == 0:
-        state = {"step": step, "optimizer": run.optimizer.state_dict(), "shaper": run.shaper.state_dict(),
+        state = {"step": step, "optimizer": optimizer, "shaper": run.shaper.state_dict(),
                  "stream_position": run.stream.position, "rng": rngs, "nonfinite": dict(run.nonfinite)}
         folder = save_checkpoint(run.run_dir, step, run.lm, run.tokenizer, state, run.cfg.to_dict(),
-                                 run.cfg.keep_checkpoints)
+                                 run.cfg.keep_checkpoints, weights=weights)
     run.world.barrier()
     return folder
 
@@ -451,7 +512,7 @@ def restore(run: Run, folder: Path) -> None:
     this config's lr and weight decay win over the saved optimizer groups (PBT mutates them)."""
     state = load_trainer_state(folder)
     cfg, world = run.cfg, run.world
-    run.optimizer.load_state_dict(state["optimizer"])
+    world.load_optimizer_state(run.lm, run.optimizer, state["optimizer"])  # from any strategy and world size
     for group in run.optimizer.param_groups:
         group["lr"], group["weight_decay"] = cfg.algo.lr, cfg.algo.weight_decay
     run.shaper.load_state_dict(state["shaper"])

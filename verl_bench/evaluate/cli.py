@@ -41,11 +41,29 @@ def _sanitize(spec: str) -> str:
 
 def _preset(args):
     try:
+        ks = [int(k) for k in args.k.split(",")] if args.k else None
+    except ValueError:
+        raise EvalUsageError(f"--k: expected a comma list of integers, got {args.k!r}") from None
+    try:
         return get_preset(args.preset).with_overrides(
             n=args.n, temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens,
-            limit=args.limit, ks=[int(k) for k in args.k.split(",")] if args.k else None)
+            limit=args.limit, ks=ks)
     except ValueError as e:
         raise EvalUsageError(str(e)) from None
+
+
+def _check_folders(args) -> None:
+    """--data-root and --output, before any model is resolved."""
+    from verl_bench.data import DataError, resolve_data_root
+    from verl_bench.sysutil import require_writable
+
+    if args.data_root:
+        try:
+            resolve_data_root(args.data_root)
+        except DataError as e:
+            raise EvalUsageError(f"--data-root: {e}") from None
+    if args.output:
+        require_writable(args.output, "--output")
 
 
 def plan_jobs(args, preset) -> tuple[list[EvalJob], Path]:
@@ -113,11 +131,26 @@ def _print_summary(rows: list[dict], preset) -> None:
     print((wide[order] * 100).round(1).to_string())
 
 
+def _vllm_options(args):
+    """The vllm backend's options from the flags, checked like the training config's rollout.vllm."""
+    from verl_bench.rollout_vllm import VLLMOptions
+
+    opts = VLLMOptions(gpu_memory_utilization=args.gpu_memory_utilization,
+                       tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
+                       enforce_eager=args.enforce_eager)
+    for ok, key, why in opts.checks(prefix=""):
+        if not ok:
+            raise EvalUsageError(f"--{key.strip('.').replace('_', '-')}: {why}")
+    return opts
+
+
 def cmd_eval(args) -> int:
     if not args.models and not args.experiment:
         raise EvalUsageError("give MODEL_OR_CHECKPOINT... or --experiment PATH")
     if args.models and args.experiment:
         raise EvalUsageError("give models or --experiment, not both")
+    _vllm_options(args)  # bad flags refused before anything runs
+    _check_folders(args)
     args.benchmark_list = _benchmarks(args.benchmarks)
     preset = _preset(args)
     jobs, table_dir = plan_jobs(args, preset)
@@ -126,7 +159,8 @@ def cmd_eval(args) -> int:
     rows, errors = evaluate_jobs(jobs, args.benchmark_list, preset, use_ray=not args.no_ray,
                                  address=args.address, cpus_per_job=args.cpus_per_job,
                                  gpus_per_job=args.gpus_per_job, backend=args.backend,
-                                 batch_size=args.batch_size, data_root=args.data_root, seed=args.seed)
+                                 batch_size=args.batch_size, data_root=args.data_root, seed=args.seed,
+                                 vllm=_vllm_options(args))
     rows += group_average(rows, args.benchmark_list)
     if rows:
         path = merge_table(table_dir, rows)
@@ -160,6 +194,11 @@ def add_eval_parser(subparsers) -> None:
     e.add_argument("--backend", default="auto", choices=["auto", "hf", "vllm", "sampler"],
                    help="auto: vllm on a GPU when installed, else hf; sampler: the training sampler (fast on CPU)")
     e.add_argument("--batch-size", default=None)
+    v = e.add_argument_group("vllm backend (the training config's rollout.vllm keys)")
+    v.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="share of GPU memory vLLM takes")
+    v.add_argument("--tensor-parallel-size", type=int, default=1)
+    v.add_argument("--max-model-len", type=int, default=None, help="default: the model's own context")
+    v.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (faster start, slower decode)")
     e.add_argument("--data-root", default=None, help="benchmark files (default: $VERL_BENCH_DATA)")
     e.add_argument("--output", default=None, help=f"where results of non-checkpoint models go (default "
                                                   f"{DEFAULT_OUTPUT}) and the table (default: the experiment)")

@@ -12,10 +12,14 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from verl_bench.evaluate.presets import EvalPreset
 from verl_bench.evaluate.tasks import GRADES, GROUP, build_task, check_benchmarks, task_name
 from verl_bench.sweep.spec import flatten as _flat
+
+if TYPE_CHECKING:
+    from verl_bench.rollout_vllm import VLLMOptions
 
 EVAL_DIR = "eval"  # beside a checkpoint's weights: <checkpoint>/eval/<template>/<protocol>/
 TABLE = "eval_table"  # <experiment or output>/eval_table.{parquet,csv}
@@ -65,10 +69,13 @@ def vllm_available() -> bool:
     return True
 
 
-def make_lm(folder: Path, backend: str = "auto", batch_size: int | str | None = None, seed: int = 0):
+def make_lm(folder: Path, backend: str = "auto", batch_size: int | str | None = None, seed: int = 0,
+            vllm: VLLMOptions | None = None):
     """lm-eval's model object: ``hf`` (bf16 on GPU, float32 on CPU), ``vllm`` (one replica: lm-eval's
-    data-parallel vLLM calls ray.shutdown(), which would end the Ray task running it) or ``sampler`` (the
-    training loop's sampler, generation only: several times faster than ``hf`` on a CPU, see sampler_lm)."""
+    data-parallel vLLM calls ray.shutdown(), which would end the Ray task running it; memory, tensor
+    parallelism, context and eager mode from ``vllm``, the training config's ``rollout.vllm`` keys) or
+    ``sampler`` (the training loop's sampler, generation only: several times faster than ``hf`` on a CPU,
+    see sampler_lm)."""
     import torch
 
     cuda = torch.cuda.is_available()
@@ -79,9 +86,13 @@ def make_lm(folder: Path, backend: str = "auto", batch_size: int | str | None = 
             raise RuntimeError("--backend vllm: vllm is not importable here (pip install verl-bench[vllm])")
         from lm_eval.models.vllm_causallms import VLLM
 
+        from verl_bench.rollout_vllm import VLLMOptions
+
+        o = vllm or VLLMOptions(gpu_memory_utilization=0.85)  # evaluation has the GPU to itself
         return VLLM(pretrained=str(folder), dtype="bfloat16" if cuda else "float32", data_parallel_size=1,
-                    tensor_parallel_size=1, seed=seed, batch_size=batch_size or "auto",
-                    gpu_memory_utilization=0.85)
+                    tensor_parallel_size=o.tensor_parallel_size, max_model_len=o.max_model_len, seed=seed,
+                    batch_size=batch_size or "auto", gpu_memory_utilization=o.gpu_memory_utilization,
+                    enforce_eager=o.enforce_eager)
     if backend == "sampler":  # the training loop's sampler: shared prefill, finished samples drop out (CPU)
         from verl_bench.evaluate.sampler_lm import SamplerLM
 
@@ -162,7 +173,8 @@ def _run_one(lm, benchmark: str, preset: EvalPreset, template: str, tokenizer, o
 
 
 def evaluate_model(job: EvalJob, benchmarks, preset: EvalPreset, *, backend: str = "auto",
-                   batch_size=None, data_root=None, seed: int = 0, log=print) -> list[dict]:
+                   batch_size=None, data_root=None, seed: int = 0, log=print,
+                   vllm: VLLMOptions | None = None) -> list[dict]:
     """Evaluate one model on ``benchmarks`` (skipping those already in ``job.out_dir``); tidy rows."""
     from verl_bench.models import load_tokenizer, resolve_model
 
@@ -172,7 +184,7 @@ def evaluate_model(job: EvalJob, benchmarks, preset: EvalPreset, *, backend: str
     if pending:
         folder = resolve_model(job.model)
         tokenizer = load_tokenizer(folder)
-        lm = make_lm(folder, backend, batch_size, seed)
+        lm = make_lm(folder, backend, batch_size, seed, vllm)
         for i, b in enumerate(pending, 1):
             t0 = time.time()
             path = _run_one(lm, b, preset, job.template, tokenizer, out_dir, data_root, seed)

@@ -30,6 +30,8 @@ A study file (everything is checked before Ray starts; errors name file:line: ke
       resources: {cpu: 2, gpu: 0}  # per evaluation task (default: the evaluation machinery's)
       backend: auto                # lm-eval's model: auto (vllm on a GPU, else hf), hf, vllm, or sampler
                                    # (the training sampler: shared prefill per problem, fast on a CPU)
+      vllm: {gpu_memory_utilization: 0.85, tensor_parallel_size: 1}   # the vllm backend's options: the
+                                   # training config's rollout.vllm keys (max_model_len, enforce_eager, ...)
     primary:                       # the endpoint, declared before any result exists
       benchmark: arithmetic_test_l0   # one of the benchmarks, or `average` (their unweighted mean)
       metric: accuracy             # the mean of per-sample correctness (pass@1 estimated from n samples)

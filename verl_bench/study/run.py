@@ -81,13 +81,17 @@ def _check_inputs(spec: StudySpec) -> None:
     """What can fail on bad input fails now, before Ray: data sets and model specs (a hub id offline and
     not cached is refused here; the embedded default is converted once)."""
     from verl_bench import data as data_lib
+    from verl_bench.errors import UserError
     from verl_bench.models import resolve_model
 
     names = {t.config["data"]["train"] for t in spec.trials} | {t.config["data"]["eval"] for t in spec.trials}
     for name in sorted(names | set(spec.benchmarks)):
         data_lib.load_problems(name, data_root=spec.base["data"]["data_root"], limit=1)
     for m in spec.models:
-        resolve_model(m.spec)
+        try:
+            resolve_model(m.spec)
+        except (UserError, OSError) as e:
+            raise ConfigError(f"{spec.where(f'models.{m.key}.model')}: {e}") from None
 
 
 def _prepare(spec: StudySpec, study_dir: Path, study_file: Path, resume: bool) -> None:
@@ -246,9 +250,12 @@ def evaluate_stage(spec: StudySpec, study_dir: Path, entries: list[dict], *, add
         model = e["spec"] if e["arm"] == BASE_ARM else str(study_dir / e["checkpoint"])
         jobs.append(EvalJob(model=model, out_dir=study_dir / e["eval_dir"], template=e["template"],
                             labels={k: e[k] for k in ("model", "arm", "seed", "trial", "step")}))
+    from verl_bench.rollout_vllm import VLLMOptions
+
     _, errors = evaluate_jobs(jobs, spec.benchmarks, p, address=address, cpus_per_job=spec.eval_cpu,
                               gpus_per_job=spec.eval_gpu, batch_size=spec.eval_batch_size, backend=spec.eval_backend,
-                              data_root=spec.base["data"]["data_root"], log=log, use_ray=True)
+                              data_root=spec.base["data"]["data_root"], log=log, use_ray=True,
+                              vllm=VLLMOptions(**spec.eval_vllm))
     return errors
 
 
@@ -315,6 +322,9 @@ def run_study(path: str | Path, *, resume: bool = False, storage: str | None = N
     result = StudyResult(study_dir=study_dir)
     t0 = time.time()
     _check_inputs(spec)
+    from verl_bench.sysutil import require_writable
+
+    require_writable(study_dir, "--storage" if storage else spec.where("storage"))
     if address is None:
         from verl_bench.sweep.spec import check_resources
 

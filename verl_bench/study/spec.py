@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 import re
@@ -16,7 +17,7 @@ TOP_KEYS = ("name", "storage", "report", "base", "budget", "models", "arms", "se
             "resources", "max_concurrent", "max_failures")
 MODEL_KEYS = ("model", "template", "overrides")
 EVAL_KEYS = ("benchmarks", "preset", "n", "k", "temperature", "top_p", "max_tokens", "limit", "checkpoint",
-             "select_metric", "base", "resources", "batch_size", "backend")
+             "select_metric", "base", "resources", "batch_size", "backend", "vllm")
 BACKENDS = ("auto", "hf", "vllm", "sampler")  # verl_bench.evaluate.run.make_lm
 PRIMARY_KEYS = ("benchmark", "metric", "compare")
 BUDGET_KEYS = ("steps",)
@@ -77,6 +78,7 @@ class StudySpec:
     eval_gpu: float | None = None
     eval_batch_size: int | None = None
     eval_backend: str = "auto"
+    eval_vllm: dict = field(default_factory=dict)  # the vllm backend's options (VLLMOptions fields)
     max_concurrent: int = 1
     max_failures: int = 0
     storage: str | None = None
@@ -222,6 +224,17 @@ def load_study(path: str | Path) -> StudySpec:
     backend = ev.get("backend", "auto")
     if backend not in BACKENDS:
         fail("evaluation.backend", f"expected one of {list(BACKENDS)}, got {backend!r}")
+    eval_vllm = ev.get("vllm") or {}
+    if not isinstance(eval_vllm, dict):
+        fail("evaluation.vllm", "expected a mapping of the training config's rollout.vllm keys")
+    from verl_bench.rollout_vllm import VLLMOptions
+
+    # evaluation has the GPU to itself: 0.85 unless given
+    opts = from_dict(VLLMOptions, {"gpu_memory_utilization": 0.85, **eval_vllm}, source=source, lines=lines,
+                     prefix="evaluation.vllm.")
+    for ok, key, why in opts.checks(prefix="evaluation.vllm"):
+        if not ok:
+            fail(key, why)
     eval_res = ev.get("resources") or {}
     if not isinstance(eval_res, dict):
         fail("evaluation.resources", "expected a mapping {cpu: N, gpu: N}")
@@ -256,7 +269,8 @@ def load_study(path: str | Path) -> StudySpec:
                       select_metric=select_metric, evaluate_base=evaluate_base, primary_benchmark=p_bench,
                       primary_metric=p_metric, compare=(compare[0], compare[1]), storage=storage, report=report,
                       lines=lines,
-                      eval_batch_size=ev.get("batch_size"), eval_backend=backend)
+                      eval_batch_size=ev.get("batch_size"), eval_backend=backend,
+                      eval_vllm=dataclasses.asdict(opts))
     for k in ("cpu", "gpu"):
         v = eval_res.get(k)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0):
