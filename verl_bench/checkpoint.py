@@ -4,6 +4,8 @@
                                          as is in transformers, lm-eval and vLLM)
         trainer_state.pt                 optimizer, shaper, data position, RNG, fault counters: tensors and
                                          plain containers only, so ``torch.load(weights_only=True)`` reads it
+                                         (under fsdp the whole model and optimizer state, gathered on rank 0:
+                                         the optimizer's keyed by parameter name, for any number of workers)
         verl_bench_checkpoint.json       the manifest, written last: format, step, the run's config, the size
                                          of every file above
 
@@ -42,15 +44,16 @@ class CheckpointError(UserError):
 
 # ------------------------------------------------------------------------------------------------ writing
 def save_checkpoint(run_dir: str | Path, step: int, lm, tokenizer, state: dict, config: dict,
-                    keep: int = 0) -> Path:
-    """Write ``step_{step}`` (HF folder + ``state`` + manifest) atomically; keep the newest ``keep`` (0: all)."""
+                    keep: int = 0, weights: dict | None = None) -> Path:
+    """Write ``step_{step}`` (HF folder + ``state`` + manifest) atomically; keep the newest ``keep`` (0: all).
+    ``weights``: the state dict to write as ``lm``'s (gathered from FSDP shards); default ``lm``'s own."""
     root = Path(run_dir) / "checkpoints"
     final, tmp = root / f"step_{step:06d}", root / f".tmp_step_{step:06d}"
     for partial in root.glob(".tmp_step_*"):  # left by a save that was killed
         shutil.rmtree(partial, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        lm.save_pretrained(tmp, safe_serialization=True)
+        lm.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         torch.save({"format": FORMAT, **state}, tmp / STATE_FILE)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -170,12 +173,13 @@ def _require_current_format(folder: Path) -> None:
 
 # --------------------------------------------------------------------------------------------- reading
 def load_trainer_state(folder: str | Path) -> dict:
-    """``trainer_state.pt`` of a verified checkpoint, read with ``weights_only=True`` (no code can run)."""
+    """``trainer_state.pt`` of a verified checkpoint, read with ``weights_only=True`` (no code can run).
+    Memory-mapped: under FSDP every worker opens the full optimizer state and reads only its shard."""
     folder = Path(folder)
     _require_current_format(folder)
     path = folder / STATE_FILE
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # noqa: BLE001 - whatever the unpickler objects to, the answer is the same
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: refused: not a tensors-and-containers file ({first}); verl-bench never "

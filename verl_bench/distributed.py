@@ -1,4 +1,10 @@
-"""Ray Train wrapper: the plain ``train`` loop on N data-parallel workers (gloo on CPU, NCCL on GPU).
+"""The workers: their collectives (``World``), FSDP2 sharding, and the Ray Train wrapper (gloo on CPU, NCCL
+on GPU).
+
+``ray.strategy``: under ``ddp`` every worker holds the whole model and ``World.average_gradients`` averages
+the gradients after backward. Under ``fsdp`` (``verl_bench.fsdp``) each decoder layer and the
+scorer around the model are ``fully_shard``-ed: parameters, gradients and optimizer state are split over the
+workers, FSDP reduce-scatters gradients in backward, and the World's collectives switch accordingly.
 
 The loop is not changed for Ray: each worker rebuilds the config, asks Ray for the checkpoint to resume
 from, and hands ``train`` a reporter that forwards metrics (and, from rank 0, the HF checkpoint folder) to
@@ -22,10 +28,13 @@ from verl_bench.config import TrainConfig, from_dict
 class World:
     """This process's place among the data-parallel workers (rank 0 of 1 when torch.distributed is off), and
     the few collectives the loop needs. The loop backpropagates micro-batch by micro-batch outside any module
-    ``forward``, so DDP's hooks cannot average its gradients: ``average_gradients`` does it instead."""
+    ``forward``, so DDP's hooks cannot average its gradients: ``average_gradients`` does it instead.
+    ``sharded``: the model is FSDP-sharded (``verl_bench.fsdp``): gradients were reduce-scattered in backward,
+    the gradient norm and the checkpointed state are gathered from every worker's shard."""
 
     rank: int = 0
     size: int = 1
+    sharded: bool = False
 
     @classmethod
     def current(cls) -> World:
@@ -51,9 +60,10 @@ class World:
     def average_gradients(self, params, bucket_elements: int = 1 << 24) -> None:
         """Replace each gradient by its mean over workers, as DDP would (a missing gradient counts as zero).
 
-        One all-reduce per bucket of ~16M elements keeps the extra memory to one bucket.
+        One all-reduce per bucket of ~16M elements keeps the extra memory to one bucket. A no-op under FSDP,
+        whose backward already left each worker the mean gradient of its shard.
         """
-        if self.size == 1:
+        if self.size == 1 or self.sharded:
             return
         params = [p for p in params if p.requires_grad]
         for p in params:
@@ -72,6 +82,31 @@ class World:
             for p, g in zip(bucket, flat.split([p.numel() for p in bucket])):
                 p.grad.copy_(g.view_as(p))
             start = end
+
+    def clip_grad_norm(self, params, max_norm: float) -> float:
+        """Scale the gradients to a total 2-norm of at most ``max_norm``; returns the norm before scaling (of
+        the whole gradient: under FSDP the shards' norms are combined over the workers)."""
+        if self.sharded:
+            from verl_bench.fsdp import clip_sharded_grad_norm
+
+            return clip_sharded_grad_norm(params, max_norm)
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    def checkpoint_state(self, lm: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict | None, dict]:
+        """(weights, optimizer state) to checkpoint, whole on rank 0. Weights None: ``lm``'s own (unsharded).
+        Under FSDP every worker must call this (it gathers the shards) and the optimizer state is keyed by
+        parameter name, so it loads on any number of workers."""
+        if self.sharded:
+            from verl_bench.fsdp import gathered_state
+
+            return gathered_state(lm, optimizer)
+        return None, optimizer.state_dict()
+
+    def load_optimizer_state(self, lm: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> None:
+        """Load a checkpoint's optimizer state, whichever strategy and number of workers wrote it."""
+        from verl_bench.fsdp import load_optimizer_state
+
+        load_optimizer_state(lm, optimizer, saved, sharded=self.sharded)
 
     def sum(self, values: list[float]) -> list[float]:
         if self.size == 1:

@@ -83,8 +83,11 @@ def rollout_copy(model: torch.nn.Module, dtype) -> torch.nn.Module:
 
 @torch.no_grad()
 def refresh_rollout_copy(clone: torch.nn.Module, model: torch.nn.Module) -> None:
-    """Copy the (updated) master weights into the rollout copy, rounding to its dtype."""
+    """Copy the (updated) master weights into the rollout copy, rounding to its dtype. FSDP shards (DTensors)
+    are gathered from every worker, one parameter at a time (every worker must call this)."""
     if clone is model:
         return
+    from torch.distributed.tensor import DTensor
+
     for c, m in zip(clone.parameters(), model.parameters(), strict=True):
-        c.copy_(m)
+        c.copy_(m.full_tensor() if isinstance(m, DTensor) else m)

@@ -25,7 +25,7 @@ OPERATIONAL_KEYS = (
     "run_dir", "steps", "checkpoint_every", "keep_checkpoints", "eval_every", "threads", "device",
     "max_nonfinite_steps", "logits_chunk_tokens", "micro_batch", "micro_batch_tokens", "share_prompt",
     "gradient_checkpointing", "data.data_root", "data.eval_size", "rollout.eval_max_new_tokens",
-    "ray.num_workers", "ray.use_gpu", "ray.cpus_per_worker", "ray.address",
+    "ray.num_workers", "ray.strategy", "ray.use_gpu", "ray.cpus_per_worker", "ray.address",
 )
 
 
