@@ -17,7 +17,7 @@ if "VERL_BENCH_DATA" not in os.environ and _default_data.is_dir():
 # The smallest training run (verl_bench/configs/tiny.yaml); tests override what they vary: {**TINY_BASE, ...}
 _TINY_YAML = Path(__file__).resolve().parents[1] / "verl_bench" / "configs" / "tiny.yaml"
 TINY_BASE = yaml.safe_load(_TINY_YAML.read_text())
-_RAY_ENV = ("HF_HUB_OFFLINE", "VERL_BENCH_DATA", "TOKENIZERS_PARALLELISM")
+_RAY_ENV = ("HF_HUB_OFFLINE", "VERL_BENCH_DATA", "TOKENIZERS_PARALLELISM", "VB_NO_RELEASE_EXPERIMENT")
 
 
 @pytest.fixture
@@ -40,3 +40,30 @@ def local_ray():
              runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k in _RAY_ENV}})
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def model_builds(monkeypatch):
+    """Counts, in this process, what the test made of models: ``"tiny"`` and ``"smollm2"`` folders built
+    (cache misses of ``verl_bench.models``) and ``"loaded"`` models read by transformers
+    (``AutoModelForCausalLM.from_pretrained``). Tests check cache reuse, or that bad input stopped before
+    any model was loaded, by asserting on this Counter; work in Ray workers or subprocesses is not seen."""
+    from collections import Counter
+
+    from transformers import AutoModelForCausalLM
+
+    from verl_bench import models
+
+    counts: Counter = Counter()
+
+    def counted(kind, fn):
+        def wrapper(*args, **kwargs):
+            counts[kind] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(models, "build_tiny_model", counted("tiny", models.build_tiny_model))
+    monkeypatch.setattr(models, "_convert_smollm2", counted("smollm2", models._convert_smollm2))
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        counted("loaded", AutoModelForCausalLM.from_pretrained))
+    return counts

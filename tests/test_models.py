@@ -110,28 +110,27 @@ def test_tiny_tokenizer_chat_template_and_generation(tiny_dir):
     assert out.shape[0] == 2 and out.shape[1] <= batch.input_ids.shape[1] + 4
 
 
-def test_tiny_spec_is_built_once_and_cached(tmp_path, monkeypatch, smollm2_tok):
-    before = models.BUILD_COUNTS["tiny"]
+def test_tiny_spec_is_built_once_and_cached(tmp_path, monkeypatch, smollm2_tok, model_builds):
     path = resolve_model("tiny:reuse", cache_dir=tmp_path)
     assert path == tmp_path / "models" / "tiny-reuse"
     assert (path / "config.json").is_file() and (path / models.META_FILE).is_file()
-    assert models.BUILD_COUNTS["tiny"] == before + 1
+    assert model_builds["tiny"] == 1
     weights = path / "model.safetensors"
     stamp = weights.stat().st_mtime_ns
 
     again = resolve_model("tiny:reuse", cache_dir=tmp_path)
     assert again == path and weights.stat().st_mtime_ns == stamp
-    assert models.BUILD_COUNTS["tiny"] == before + 1, "second resolve must not rebuild"
+    assert model_builds["tiny"] == 1, "second resolve must not rebuild"
     assert not list((tmp_path / "models").glob(".*tmp-*")), "no temporary folders left behind"
 
     seeded = resolve_model("tiny:reuse?seed=3&num_layers=1", cache_dir=tmp_path)
     assert seeded != path
     assert json.loads((seeded / "config.json").read_text())["num_hidden_layers"] == 1
-    assert models.BUILD_COUNTS["tiny"] == before + 2
+    assert model_builds["tiny"] == 2
 
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))  # the env var is the default cache root
     assert resolve_model("tiny:reuse") == path
-    assert models.BUILD_COUNTS["tiny"] == before + 2
+    assert model_builds["tiny"] == 2
 
 
 def test_bad_tiny_specs(tmp_path):
@@ -208,7 +207,7 @@ def test_gguf_is_found_without_importing_the_package():
 
 
 @pytest.mark.slow
-def test_embedded_default_resolves_to_smollm2(shared_cache):
+def test_embedded_default_resolves_to_smollm2(shared_cache, model_builds):
     # First run on a machine: converts the GGUF (~30 s on 2 cores); afterwards a cache hit.
     path = resolve_model(DEFAULT_MODEL, cache_dir=shared_cache)
     cfg = json.loads((path / "config.json").read_text())
@@ -217,9 +216,9 @@ def test_embedded_default_resolves_to_smollm2(shared_cache):
     assert "quantization_config" not in cfg
     assert (path / "model.safetensors").is_file()
 
-    built = models.BUILD_COUNTS["smollm2"]
+    built = model_builds["smollm2"]  # 1 on a machine's first run, else 0
     assert resolve_model(DEFAULT_MODEL, cache_dir=shared_cache) == path
-    assert models.BUILD_COUNTS["smollm2"] == built  # reused, not rebuilt (no wall-clock bound: busy CI)
+    assert model_builds["smollm2"] == built  # reused, not rebuilt (no wall-clock bound: busy CI)
 
     model, tok = load_model(path)
     assert model.dtype == torch.float32 and tok.padding_side == "left"

@@ -202,29 +202,24 @@ def test_last_token_index():
     assert last_token_index(MASK).tolist() == [4, 2, 2, -1]
 
 
-def test_placement_last_token_and_all_tokens():
-    adv = torch.tensor([1.0, -2.0, 0.5, 3.0])
-    bonus = torch.tensor([0.25, 0.5, 0.125, 9.0])
-    last = token_advantages(adv, MASK, bonus, "last_token")
-    expect_last = torch.tensor(
-        [
-            [0, 0, 1, 1, 1.25],
-            [-2, -2, -1.5, 0, 0],
-            [0, 0.5, 0.625, 0, 0],
-            [0, 0, 0, 0, 0],
-        ]
-    )
-    assert torch.equal(last, expect_last)
-    every = token_advantages(adv, MASK, bonus, "all_tokens")
-    expect_all = torch.tensor(
-        [
-            [0, 0, 1.25, 1.25, 1.25],
-            [-1.5, -1.5, -1.5, 0, 0],
-            [0, 0.625, 0.625, 0, 0],
-            [0, 0, 0, 0, 0],
-        ]
-    )
-    assert torch.equal(every, expect_all)
+PLACED_ADV = torch.tensor([1.0, -2.0, 0.5, 3.0])
+PLACED_BONUS = torch.tensor([0.25, 0.5, 0.125, 9.0])  # row 3 is empty: its bonus lands nowhere
+
+
+@pytest.mark.parametrize("placement,expected", [
+    # the bonus on the last real token only
+    ("last_token", [[0, 0, 1, 1, 1.25], [-2, -2, -1.5, 0, 0], [0, 0.5, 0.625, 0, 0], [0, 0, 0, 0, 0]]),
+    # the bonus on every real token
+    ("all_tokens",
+     [[0, 0, 1.25, 1.25, 1.25], [-1.5, -1.5, -1.5, 0, 0], [0, 0.625, 0.625, 0, 0], [0, 0, 0, 0, 0]]),
+])
+def test_placement_of_the_bonus(placement, expected):
+    placed = token_advantages(PLACED_ADV, MASK, PLACED_BONUS, placement)
+    assert torch.equal(placed, torch.tensor(expected))
+
+
+def test_placement_without_bonus_and_unknown_placement():
+    adv, bonus = PLACED_ADV, PLACED_BONUS
     plain = token_advantages(adv, MASK)
     assert torch.equal(plain, torch.where(MASK, adv[:, None], torch.zeros(())))
     with pytest.raises(ValueError, match="placement"):

@@ -49,19 +49,20 @@ def test_required_spaces_exist():
     assert {"verl_default.yaml", "era_threshold.yaml", "ablations.yaml", "demo.yaml"} <= names
 
 
-def test_unknown_keys_name_file_and_line(tmp_path):
+@pytest.mark.parametrize("text,match", [
+    ("base:\n  model: tiny:test\nspace:\n  shaping.kapa: {uniform: [1, 4]}\n",
+     r"bad.yaml:4: space.shaping.kapa: not a TrainConfig key \(did you mean 'kappa'\?\)"),
+    ("base:\n  model: tiny:test\n  rollout: {n: 4, temprature: 1}\nspace:\n  seed: {int: [0, 3]}\n",
+     r"bad.yaml:3: rollout.temprature: unknown key"),
+    ("base: {model: tiny:test}\nspace:\n  seed: {int: [0, 3]}\nsheduler: {kind: asha}\n",
+     r"bad.yaml:4: sheduler: unknown key \(did you mean 'scheduler'\?\)"),
+    ("base: {model: tiny:test}\nspace:\n  seed: {int: [0, 3]}\nsearch:\n  algo: optuna\n  sed: 1\n",
+     r"bad.yaml:6: search.sed: unknown key"),
+])
+def test_unknown_keys_name_file_and_line(tmp_path, text, match):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("base:\n  model: tiny:test\nspace:\n  shaping.kapa: {uniform: [1, 4]}\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml:4: space.shaping.kapa: not a TrainConfig key \(did you mean 'kappa'\?\)"):
-        load_sweep(bad)
-    bad.write_text("base:\n  model: tiny:test\n  rollout: {n: 4, temprature: 1}\nspace:\n  seed: {int: [0, 3]}\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml:3: rollout.temprature: unknown key"):
-        load_sweep(bad)
-    bad.write_text("base: {model: tiny:test}\nspace:\n  seed: {int: [0, 3]}\nsheduler: {kind: asha}\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml:4: sheduler: unknown key \(did you mean 'scheduler'\?\)"):
-        load_sweep(bad)
-    bad.write_text("base: {model: tiny:test}\nspace:\n  seed: {int: [0, 3]}\nsearch:\n  algo: optuna\n  sed: 1\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml:6: search.sed: unknown key"):
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=match):
         load_sweep(bad)
 
 

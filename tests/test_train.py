@@ -105,29 +105,29 @@ def test_shaping_changes_the_update_only_after_the_first_step(tmp_path):
     assert any(not torch.equal(w_on2[k], w_off2[k]) for k in w_on2)
 
 
-def test_bad_config_is_rejected_before_any_work(tmp_path):
+def test_bad_config_file_names_file_line_and_key(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: tiny:test\nrollout:\n  n: 4\n  temprature: 0.7\n")
     with pytest.raises(ConfigError, match=r"bad.yaml:4: rollout.temprature: unknown key \(did you mean 'temperature'\?\)"):
         load_config(bad)
-    with pytest.raises(ConfigError, match=r"--set shaping.kappa"):
-        load_config(None, ["shaping.kappa=-1"])
-    with pytest.raises(ConfigError, match=r"rollout.n: expected an integer"):
-        load_config(None, ["rollout.n=four"])
-    with pytest.raises(ConfigError, match=r"algo.estimator: unknown estimator 'ppo2'"):
-        load_config(None, ["algo.estimator=ppo2"])
-    with pytest.raises(ConfigError, match=r"micro_batch_tokens: must be >= 1 or null \(got 0\)"):
-        load_config(None, ["micro_batch_tokens=0"])
-    with pytest.raises(ConfigError, match=r"rollout.min_new_tokens: must be in \[0, rollout.max_new_tokens\] \(got 65\)"):
-        load_config(None, ["rollout.max_new_tokens=64", "rollout.min_new_tokens=65"])
-    # the prompt template and the data sets are checked with the rest, not after the model loaded
-    with pytest.raises(ConfigError, match=r"data.template: unknown prompt template 'qwen_boxed'"):
-        load_config(None, ["data.template=qwen_boxed"])
-    with pytest.raises(ConfigError, match=r"data.eval: unknown dataset 'arithmetic_tst_l1' \(did you mean"):
-        load_config(None, ["data.eval=arithmetic_tst_l1"])
-    with pytest.raises(ConfigError, match=r"max_nonfinite_steps: must be >= 1"):
-        load_config(None, ["max_nonfinite_steps=0"])
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("sets,match", [
+    (["shaping.kappa=-1"], r"--set shaping.kappa"),
+    (["rollout.n=four"], r"rollout.n: expected an integer"),
+    (["algo.estimator=ppo2"], r"algo.estimator: unknown estimator 'ppo2'"),
+    (["micro_batch_tokens=0"], r"micro_batch_tokens: must be >= 1 or null \(got 0\)"),
+    (["rollout.max_new_tokens=64", "rollout.min_new_tokens=65"],
+     r"rollout.min_new_tokens: must be in \[0, rollout.max_new_tokens\] \(got 65\)"),
+    # the prompt template and the data sets are checked with the rest, not after the model loaded
+    (["data.template=qwen_boxed"], r"data.template: unknown prompt template 'qwen_boxed'"),
+    (["data.eval=arithmetic_tst_l1"], r"data.eval: unknown dataset 'arithmetic_tst_l1' \(did you mean"),
+    (["max_nonfinite_steps=0"], r"max_nonfinite_steps: must be >= 1"),
+])
+def test_bad_config_is_rejected_before_any_work(sets, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, sets)
 
 
 @pytest.mark.slow

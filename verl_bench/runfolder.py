@@ -38,19 +38,12 @@ def resumable_keys() -> tuple[str, ...]:
     return OPERATIONAL_KEYS + tuple(PBT_MUTABLE)
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
-    return out
-
-
 def config_changes(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
-    """(dotted key, old value, new value) for every key that differs (a key missing on one side: None)."""
-    a, b = _flat(old), _flat(new)
+    """(dotted key, old value, new value) for every key that differs (a key missing on one side: None).
+    Both sides as JSON holds them (lists, not tuples)."""
+    from verl_bench.sweep.spec import flatten
+
+    a, b = flatten(old), flatten(new)
     return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
 
 

@@ -436,16 +436,10 @@ class RankShaper:
             return a0, None, out
         return a0, shaping_bonus(a0, out.phi.to(a0.dtype), cfg.kappa), out
 
-    def advantages(
-        self,
-        rewards: torch.Tensor,
-        group_ids: torch.Tensor,
-        mask: torch.Tensor,
-        metrics: torch.Tensor,
-        score_mean: float | None = None,
-        training: bool = True,
-        estimator: str = "grpo",
-    ) -> tuple[torch.Tensor, ShapingOutput]:
-        """The whole shaped step: per-token advantages (B, T) (bonus at ``placement``) and the shaping output."""
-        a0, bonus, out = self.sequence_advantages(rewards, group_ids, metrics, score_mean, training, estimator)
+    def advantages(self, rewards: torch.Tensor, group_ids: torch.Tensor, mask: torch.Tensor,
+                   metrics: torch.Tensor, **options) -> tuple[torch.Tensor, ShapingOutput]:
+        """The whole shaped step on one worker's batch: per-token advantages (B, T) (bonus at ``placement``)
+        and the shaping output. ``mask`` (B, T) marks response tokens; ``options`` (``score_mean``,
+        ``training``, ``estimator``) are those of :meth:`sequence_advantages`."""
+        a0, bonus, out = self.sequence_advantages(rewards, group_ids, metrics, **options)
         return token_advantages(a0, mask, bonus, self.config.placement), out
