@@ -68,9 +68,6 @@ CACHE_ENV = "VERL_BENCH_CACHE"
 META_FILE = "verl_bench_model.json"
 _FORMAT_VERSION = 1
 
-#: How many times each kind of folder was actually built in this process (tests check cache reuse with it).
-BUILD_COUNTS: dict[str, int] = {"smollm2": 0, "smollm2-tokenizer": 0, "tiny": 0}
-
 _TINY_DEFAULTS = {"hidden_size": 64, "num_layers": 2, "heads": 4, "kv_heads": 2, "seed": 0}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _NAME = re.compile(r"^[\w.\-]+$")
@@ -244,7 +241,6 @@ def _convert_smollm2(out: Path, root: Path) -> dict[str, Any]:
     _set_generation_ids(model, tokenizer)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    BUILD_COUNTS["smollm2"] += 1
     return {
         "spec": DEFAULT_MODEL,
         "source": str(gguf),
@@ -280,7 +276,6 @@ def _smollm2_tokenizer_dir_for(root: Path) -> Path:
     def build(out: Path) -> dict[str, Any]:
         tokenizer, gguf = _load_smollm2_tokenizer_from_gguf()
         tokenizer.save_pretrained(out)
-        BUILD_COUNTS["smollm2-tokenizer"] += 1
         return {"spec": f"{DEFAULT_MODEL} tokenizer", "source": str(gguf)}
 
     return _build_once(_smollm2_tokenizer_dir(root), build)
@@ -368,7 +363,6 @@ def build_tiny_model(
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    BUILD_COUNTS["tiny"] += 1
     return out
 
 
