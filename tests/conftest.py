@@ -17,7 +17,7 @@ if "VERL_BENCH_DATA" not in os.environ and _default_data.is_dir():
 # The smallest training run (verl_bench/configs/tiny.yaml); tests override what they vary: {**TINY_BASE, ...}
 _TINY_YAML = Path(__file__).resolve().parents[1] / "verl_bench" / "configs" / "tiny.yaml"
 TINY_BASE = yaml.safe_load(_TINY_YAML.read_text())
-_RAY_ENV = ("HF_HUB_OFFLINE", "VERL_BENCH_DATA", "TOKENIZERS_PARALLELISM", "VB_NO_RELEASE_EXPERIMENT")
+_RAY_ENV = ("HF_HUB_OFFLINE", "VERL_BENCH_DATA", "TOKENIZERS_PARALLELISM")
 
 
 @pytest.fixture
