@@ -29,7 +29,9 @@ def _cmd_train(args) -> int:
     from verl_bench.plan_cli import check_plan
 
     check_plan(cfg)  # refuses a plan that cannot fit the GPUs (a no-op without CUDA)
-    if args.ray or cfg.ray.num_workers > 1 or cfg.ray.address:
+    on_ray = bool(args.ray or cfg.ray.num_workers > 1 or cfg.ray.address)
+    _check_train_inputs(cfg, args, on_ray)
+    if on_ray:
         from verl_bench.distributed import train_with_ray
 
         result = train_with_ray(cfg, storage_path=args.storage, name=args.name)
@@ -43,6 +45,39 @@ def _cmd_train(args) -> int:
     train(cfg, resume_from=args.resume)
     print(f"done: {cfg.run_dir}")
     return 0
+
+
+def _check_train_inputs(cfg, args, on_ray: bool) -> None:
+    """What ``train`` would refuse only after it started (or inside Ray workers), refused first: the model
+    spec, a run folder or storage that cannot be written, a missing, empty or malformed data file, and
+    under Ray a local cluster too small for the workers."""
+    from verl_bench.config import ConfigError
+    from verl_bench.models import check_model_spec
+    from verl_bench.sysutil import require_writable
+
+    try:
+        check_model_spec(cfg.model)  # builds, converts and downloads nothing
+    except (UserError, OSError) as e:
+        raise ConfigError(f"{args.config}: model: {e}") from None
+    require_writable(cfg.run_dir, f"{args.config}: run_dir")
+    if on_ray and args.storage:
+        require_writable(args.storage, "--storage")
+    from verl_bench import data as data_lib
+
+    for name in dict.fromkeys((cfg.data.train, cfg.data.eval)):  # a missing, empty or malformed file
+        data_lib.load_problems(name, data_root=cfg.data.data_root, limit=1)
+    if on_ray and not cfg.ray.address:  # a local cluster: this machine's CPUs and GPUs
+        import os
+
+        import torch
+
+        need = {"CPU": cfg.ray.num_workers * cfg.ray.cpus_per_worker,
+                "GPU": cfg.ray.num_workers if cfg.ray.use_gpu else 0}
+        have = {"CPU": os.cpu_count() or 1, "GPU": torch.cuda.device_count()}
+        for kind, n in need.items():
+            if n > have[kind]:
+                raise ConfigError(f"{args.config}: ray.num_workers: {cfg.ray.num_workers} workers need {n} {kind}(s) "
+                                  f"but this machine has {have[kind]} (pass --address for a cluster)")
 
 
 def _cmd_demo(args) -> int:

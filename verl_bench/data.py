@@ -467,6 +467,8 @@ def _load_file(spec: DatasetSpec, root: Path) -> tuple[list[Problem], LoadStats]
             )
         )
     stats.loaded = len(problems)
+    if stats.total_records == 0:
+        raise DataError(f"{path}: no records: the file of dataset {spec.name!r} is empty")
     if stats.skipped:
         log.warning(
             "%s: skipped %d record(s) without a usable gold answer: %s",

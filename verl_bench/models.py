@@ -46,9 +46,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MODEL",
+    "ModelSpecError",
     "ModelUnavailableError",
     "build_tiny_model",
     "cache_root",
+    "check_model_spec",
     "load_model",
     "load_tokenizer",
     "resolve_model",
@@ -75,6 +77,10 @@ _NAME = re.compile(r"^[\w.\-]+$")
 
 class ModelUnavailableError(UserError, OSError):
     """A model spec that names no local folder and cannot be fetched (for example the hub is offline)."""
+
+
+class ModelSpecError(UserError):
+    """A model spec that cannot be read (a ``tiny:`` spec with an unknown or bad option)."""
 
 
 # ---------------------------------------------------------------------------------------------- cache
@@ -371,17 +377,26 @@ def _parse_tiny(spec: str) -> tuple[str, dict[str, int]]:
     name, _, query = body.partition("?")
     name = name or "default"
     if not _NAME.match(name):
-        raise ValueError(
+        raise ModelSpecError(
             f"bad tiny model name {name!r} in spec {spec!r} (use letters, digits, '.', '_', '-')"
         )
     opts = dict(_TINY_DEFAULTS)
-    for key, value in parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)):
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
+    except ValueError:
+        raise ModelSpecError(f"spec {spec!r}: options must read key=value&key=value") from None
+    for key, value in pairs:
         if key not in opts:
-            raise ValueError(f"unknown option {key!r} in spec {spec!r}; known: {', '.join(opts)}")
+            raise ModelSpecError(f"unknown option {key!r} in spec {spec!r}; known: {', '.join(opts)}")
         try:
             opts[key] = int(value)
         except ValueError:
-            raise ValueError(f"option {key!r} in spec {spec!r} must be an integer, got {value!r}") from None
+            raise ModelSpecError(f"option {key!r} in spec {spec!r} must be an integer, got {value!r}") from None
+        low = 0 if key == "seed" else 1
+        if opts[key] < low:
+            raise ModelSpecError(f"option {key!r} in spec {spec!r} must be >= {low}, got {value}")
+    if opts["hidden_size"] % opts["heads"] or opts["heads"] % opts["kv_heads"]:
+        raise ModelSpecError(f"spec {spec!r}: hidden_size must divide by heads, and heads by kv_heads")
     return name, opts
 
 
@@ -416,17 +431,21 @@ def _resolve_hub(spec: str) -> Path:
         return Path(snapshot_download(spec, local_files_only=True, ignore_patterns=ignore))
     except Exception as cached_err:  # not (fully) in the local HF cache
         if _hub_offline():
-            raise ModelUnavailableError(
-                f"Model {spec!r} is not a local folder and is not in the local Hugging Face cache, and the hub "
-                f"is offline (HF_HUB_OFFLINE=1), so it cannot be downloaded. Use a local model folder, the "
-                f"embedded default {DEFAULT_MODEL!r}, or a 'tiny:<name>' test model."
-            ) from cached_err
+            raise _offline_error(spec) from cached_err
     try:
         return Path(snapshot_download(spec, ignore_patterns=ignore))
     except Exception as err:
         raise ModelUnavailableError(
             f"Model {spec!r} is not a local folder and could not be fetched from the Hugging Face hub: {err}"
         ) from err
+
+
+def _offline_error(spec: str) -> ModelUnavailableError:
+    return ModelUnavailableError(
+        f"Model {spec!r} is not a local folder and is not in the local Hugging Face cache, and the hub "
+        f"is offline (HF_HUB_OFFLINE=1), so it cannot be downloaded. Use a local model folder, the "
+        f"embedded default {DEFAULT_MODEL!r}, or a 'tiny:<name>' test model."
+    )
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -450,25 +469,55 @@ def resolve_model(spec: str | os.PathLike, *, cache_dir: str | os.PathLike | Non
     :class:`ModelUnavailableError` (an ``OSError``) when the embedded default is not installed or a hub id
     cannot be had (offline and not cached).
     """
-    raw = os.fspath(spec)
-    text = raw.strip()
+    text, kind = _classify(spec)
+    if kind == "folder":
+        return Path(text).expanduser().resolve()
+    if kind == "default":
+        return _resolve_smollm2(cache_root(cache_dir))
+    if kind == "tiny":
+        return _resolve_tiny(text, cache_root(cache_dir))
+    return _resolve_hub(text)
+
+
+def check_model_spec(spec: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None) -> None:
+    """Refuse now what :func:`resolve_model` would refuse later, without building, converting or downloading
+    anything: an empty spec, a missing path or a folder without ``config.json``, a bad ``tiny:`` spec, the
+    embedded default when neither its converted folder nor its GGUF file is there, a hub id missing from the
+    local HF cache while the hub is offline (online it may still be downloaded). Raises what
+    :func:`resolve_model` raises: ``FileNotFoundError`` or a ``UserError``."""
+    text, kind = _classify(spec)
+    if kind == "default" and not _is_complete(_smollm2_model_dir(cache_root(cache_dir))):
+        smollm2_gguf_path()
+    elif kind == "tiny":
+        _parse_tiny(text)
+    elif kind == "hub" and _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(text, "config.json"), str):
+            raise _offline_error(text)
+
+
+def _classify(spec: str | os.PathLike) -> tuple[str, str]:
+    """(the stripped spec, its kind: folder | default | tiny | hub). A missing path, or a folder that is not
+    a Hugging Face model, is a ``FileNotFoundError``."""
+    text = os.fspath(spec).strip()
     if not text:
-        raise ValueError("empty model spec")
+        raise ModelSpecError("empty model spec")
     local = Path(text).expanduser()
     if local.exists():
         if local.is_dir() and (local / "config.json").is_file():
-            return local.resolve()
+            return text, "folder"
         raise FileNotFoundError(
             f"Model path {str(local)!r} exists but is not a Hugging Face model folder (no config.json in it)"
         )
     key = text.lower()
     if key in {DEFAULT_MODEL, "default"}:
-        return _resolve_smollm2(cache_root(cache_dir))
+        return text, "default"
     if key == "tiny" or key.startswith("tiny:"):
-        return _resolve_tiny(text, cache_root(cache_dir))
+        return text, "tiny"
     if isinstance(spec, os.PathLike) or _looks_like_path(text):
         raise FileNotFoundError(f"Model path {str(local)!r} does not exist")
-    return _resolve_hub(text)
+    return text, "hub"
 
 
 def _pick_device(device) -> torch.device:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 def _cmd_report(args) -> int:
     from verl_bench.report.build import build_report
+    from verl_bench.sysutil import require_writable
 
+    require_writable(args.output, "-o/--output")  # before the sources are read and the figures drawn
     metrics = [m.strip() for m in args.metric.split(",")] if args.metric else None
     modes = [m.strip() for m in args.mode.split(",")] if args.mode else None
     path = build_report([Path(s) for s in args.sources], Path(args.output), title=args.title, metrics=metrics,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
 import json
 import os
 from pathlib import Path
@@ -45,22 +44,18 @@ def _trial(config: dict, sweep: dict) -> None:
     if "cells" in sweep:  # a cell trained (or begun) by an earlier trial of a restored grid continues there
         trial_dir = cell_home(Path(sweep["experiment_path"]), {d: sampled[d] for d in sweep["cell_dims"]},
                               cfg.steps) or trial_dir
+    from verl_bench.sysutil import release_memory, reset_peak_memory
+
+    reset_peak_memory()  # the memory/peak_* this trial reports: its own peak, not the reused process's
     try:
         if cfg.ray.num_workers > 1:
             _fit_train_run(cfg, trial_dir, sweep)
         else:
             _train_in_process(cfg, trial_dir, sweep)
     finally:
-        _free_memory()
-
-
-def _free_memory() -> None:
-    """A reused trial actor keeps its process: drop this trial's model, optimizer and CUDA cache now."""
-    gc.collect()
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        # a reused trial actor keeps its process: what this trial held (model, optimizer, reference model,
+        # caches, glibc's and CUDA's pools) goes back to the system before the next trial starts
+        release_memory()
 
 
 def _where_it_runs() -> dict:
@@ -273,9 +268,27 @@ def run_sweep(space_path: str | Path, *, resume: bool = False, storage: str | No
     path = experiment_path(spec, storage, name)
     if resume and not path.is_dir():
         raise ConfigError(f"--resume: no sweep at {path}")
+    _check_inputs(spec, path, storage)
     payload = {"base": spec.base, "metrics": spec.metrics, "cpu": spec.cpu, "experiment_path": str(path)}
     return _fit(spec, path, payload, lambda: _param_space(spec), resume=resume, address=address,
                 progress_every_s=progress_every_s, search=lambda: (_search_alg(spec), _scheduler(spec)))
+
+
+def _check_inputs(spec: SweepSpec, path: Path, storage: str | None) -> None:
+    """Refused before Ray starts: a model spec no trial could load (the base's, and each swept value) and
+    a storage folder that cannot be written. Builds and downloads nothing."""
+    from verl_bench.errors import UserError
+    from verl_bench.models import check_model_spec
+    from verl_bench.sysutil import require_writable
+
+    models = [(spec.where("base"), spec.base["model"])]
+    models += [(spec.where(f"space.{d.key}"), v) for d in spec.space if d.key == "model" for v in d.args]
+    for where, model in models:
+        try:
+            check_model_spec(model)
+        except (UserError, OSError) as e:
+            raise ConfigError(f"{where}: model: {e}") from None
+    require_writable(path, "--storage" if storage else spec.where("storage"))
 
 
 def run_cells(spec: SweepSpec, cells: dict[str, dict], grid: dict[str, list], path: Path, *, resume: bool = False,
