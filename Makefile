@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test bench clean vllm-cpu-venv vllm-cpu-test
+.PHONY: venv demo test bench clean vllm-cpu-venv vllm-cpu-test gpu-check gpu-check-cache gpu-check-smoke
 
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,19 @@ test: venv
 
 bench: venv
 	$(BIN)/python benchmarks/rank_metrics.py
+
+# The short GPU check (benchmarks/gpu_check.py, issue 12.5). On the CUDA machine there is no venv: torch and
+# transformers are preinstalled (make gpu-check PY=python3); the SmolLM2 tokenizer it needs (2 MB, from the
+# GGUF here) travels in .cache/gpu, made by gpu-check-cache. gpu-check-smoke: every part, tiny, on this CPU.
+GPU_CACHE ?= .cache/gpu
+gpu-check-cache: venv
+	VERL_BENCH_CACHE=$(GPU_CACHE) $(BIN)/python -c "from verl_bench.models import smollm2_tokenizer as t; t()"
+
+gpu-check:
+	VERL_BENCH_CACHE=$(GPU_CACHE) PYTHONPATH=. PYTHONUNBUFFERED=1 $(PY) benchmarks/gpu_check.py
+
+gpu-check-smoke: venv
+	$(BIN)/python benchmarks/gpu_check.py --cpu-smoke
 
 # vLLM's CPU build in its own venv (it pins torch 2.13.0+cpu and transformers<5.20; .venv keeps its versions):
 # the real-engine tests of the vLLM rollout engine (tests_vllm/, not part of `make test`)

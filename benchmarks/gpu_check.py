@@ -1,190 +1,166 @@
-"""The GPU path in one short run: rank metrics, both samplers and a few training steps on the device.
+"""The GPU path in one short run (issue 12.5): five parts, one JSON row each, for a lent H100/H200.
 
-    python benchmarks/gpu_check.py [--steps 4] [--shape smollm2-135m|tiny] [--prompts 4] [--n 8]
+    python benchmarks/gpu_check.py [--budget-s 480] [--only precision,rank] [--cpu-smoke] [--results PATH]
 
-Made for the few minutes of a lent H100/H200 (no Ray, no hub there: it calls the plain ``train`` loop),
-and run on this CPU as well, where the same code runs in float32 (that is how the script itself is tested).
-Checks, each printed PASS/FAIL with its figures:
-  rank     ER/ERV/ERA on the device (float64 Gram route) vs tests/reference.py's float64 numpy SVD, and the
-           device time of rank_dynamics at the paper's scale (64 responses x 1024 tokens x D 3584)
-  hidden   each sampler's recorded hidden states vs a scoring pass, in the run dtype (bf16 on CUDA)
-  train    ``train()`` for a few steps on a SmolLM2-135M-shaped model with random weights (the real one does
-           not fit what the device tool carries): step/generate/update time, tokens/s, peak device memory,
-           finite loss and a non-zero gradient, and the HF checkpoint reloads with plain transformers, moved
-           from the initial weights. A random model never answers right, so (as in tests/test_train.py) every
-           other response is graded correct: the groups then have a signal and the update really runs.
-Appends one JSON row to benchmarks/results/gpu_check.jsonl (and writes it to $OUT when that is set).
+  precision   one AdamW step at the paper's lr (5e-7) on a SmolLM2-135M-shaped model built from its config:
+              fp32 master weights under bf16 autocast move as an fp32 step moves them; a pure-bf16 step does
+              not move them, and verl_bench.precision refuses an optimizer over bf16 weights
+  rank        ER/ERV/ERA at the paper's scale (192 responses x 1536 tokens x D 3584, bf16 states as the sampler
+              records them) against tests/reference.py's float64 numpy SVD on a few responses, with
+              tests/test_rank.py's tolerances, and the device time (target <= 1.0 s on an H100-class GPU)
+  sampler     tokens/s of the cached sampler (verl_bench.rollout, engine "cached") vs model.generate at batch
+              256 (32 prompts x 8 samples x 256 tokens), and both samplers' hidden states vs a scoring pass
+  checkpoint  the plain loop (verl_bench.train.train, 2 steps at lr 5e-7): the master weights it holds when it
+              saves reload with AutoModelForCausalLM.from_pretrained bit for bit, float32, moved from the start
+  fsdp        the same loop with ray.strategy=fsdp in a torch.distributed group of one (nccl on CUDA, gloo on
+              the CPU): sharded parameters, a checkpoint that reloads bit for bit, a first update like the
+              plain loop's; skipped, with the reason, while the config has no ray.strategy
 
-On the device machine (torch, transformers and pyyaml are there; nothing else is imported), first make the
-SmolLM2 tokenizer (a few MB) here and carry it:
-    VERL_BENCH_CACHE=.gpucache python -c "from verl_bench.models import smollm2_tokenizer; smollm2_tokenizer()"
-    run: VERL_BENCH_CACHE=.gpucache PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py   (carry .gpucache)
+Each part is timed and isolated (an error is recorded and the next part runs); a part that would not end
+within --budget-s is skipped with the reason. As each part ends its row is appended to --results
+(benchmarks/results/gpu_check.jsonl) and to $OUT/gpu_check.jsonl when OUT is set; a last "summary" row says
+which parts passed and whether Ray was imported (it must not be: the GPU machine has none). Exit status 0
+when no part failed, 2 on bad arguments. ``--cpu-smoke`` runs every code path at tiny sizes on the CPU
+(tests/test_gpu_check.py). Models are random, built from configs: no hub, no weights travel.
+
+On the GPU machine (torch 2.11, transformers 5.17 preinstalled, no Ray) the SmolLM2 tokenizer (2 MB) travels
+in .cache/gpu, made here once by `make gpu-check-cache`; the device tool's command (carry [".cache/gpu"]):
+    PYTHONPATH=. HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false VERL_BENCH_CACHE=.cache/gpu
+    PYTHONUNBUFFERED=1 timeout 540 python3 benchmarks/gpu_check.py
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
-import math
 import os
-import statistics
+import platform
+import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # verl_bench, tests.reference and benchmarks.gpu_parts, run from anywhere
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo's verl_bench and tests.reference
+from benchmarks.gpu_parts import GPU, PARTS, SMOKE, Context, Skipped
 
-RESULTS = Path(__file__).resolve().parent / "results" / "gpu_check.jsonl"
-SHAPES = {  # SmolLM2-135M: 30 layers, d 576, 9 heads (3 KV), MLP 1536
-    "smollm2-135m": dict(hidden_size=576, num_layers=30, heads=9, kv_heads=3, intermediate_size=1536),
-    "tiny": dict(hidden_size=64, num_layers=2, heads=4, kv_heads=2),
-}
+RESULTS = ROOT / "benchmarks" / "results" / "gpu_check.jsonl"
+Part = Callable[[Context], "tuple[bool, dict]"]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+def run_parts(ctx, parts: dict[str, Part], budget_s: float, write: Callable[[dict], None],
+              estimates: dict[str, float]) -> bool:
+    """Run each part in order, timed and isolated; write one row per part. Returns whether none failed.
+
+    A part is skipped (row ``skipped``: the reason) when the time already spent plus its estimate would pass
+    ``budget_s``, or when it raises :class:`Skipped`. Any other exception fails that part only.
+    """
+    start, none_failed = time.perf_counter(), True
+    for name, part in parts.items():
+        row = {"part": name, "pass": None, "skipped": None, "seconds": 0.0, "figures": {}, "error": None}
+        spent, need = time.perf_counter() - start, estimates.get(name, 0.0)
+        if spent + need > budget_s:
+            row["skipped"] = (f"time budget: {spent:.0f} s of --budget-s {budget_s:.0f} spent, this part needs "
+                              f"about {need:.0f} s")
+        else:
+            t0 = time.perf_counter()
+            try:
+                ok, figures = part(ctx)
+                row.update({"pass": bool(ok), "figures": figures})
+            except Skipped as e:
+                row["skipped"] = str(e)
+            except Exception as e:  # noqa: BLE001 - one failing part must not hide the others' figures
+                row.update({"pass": False, "error": f"{type(e).__name__}: {e}",
+                            "traceback": traceback.format_exc(limit=-4)})
+            row["seconds"] = round(time.perf_counter() - t0, 2)
+            _free_memory()
+        none_failed &= row["pass"] is not False
+        write(row)
+        verdict = "SKIP" if row["skipped"] else "PASS" if row["pass"] else "FAIL"
+        detail = row["skipped"] or row["error"] or _short(row["figures"])
+        print(f"{verdict} {name} ({row['seconds']:.1f} s): {detail}", flush=True)
+    return none_failed
 
 
-def check_rank(device: torch.device) -> dict:
-    from tests.reference import dynamics_ref
-    from verl_bench.rank import rank_dynamics
-
-    g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(4, 160, 96, generator=g).cumsum(dim=1) * 0.1  # drifting states: a wide spectrum
-    lengths = torch.tensor([160, 121, 64, 30])
-    mask = torch.arange(160)[None] < lengths[:, None]
-    er, erv, era = (x.cpu() for x in rank_dynamics(hidden.to(device), mask.to(device), stride=10))
-    worst = 0.0
-    for i, n in enumerate(lengths.tolist()):
-        ref = dynamics_ref(hidden[i, :n].double().numpy(), 10, 512)
-        worst = max(worst, abs(er[i].item() - ref[0]) / ref[0], abs(erv[i].item() - ref[1]),
-                    abs(era[i].item() - ref[2]))
-    # the paper's scale: 8 prompts x 8 samples, 1024-token responses, Qwen2.5-7B's hidden size
-    shape = (64, 1024, 3584) if device.type == "cuda" else (4, 256, 3584)  # keep the CPU run short
-    big = torch.randn(*shape, device=device, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32)
-    big_mask = torch.ones(shape[:2], dtype=torch.bool, device=device)
-    rank_dynamics(big[:2], big_mask[:2], stride=40)  # warm-up (kernels, allocator)
-    _sync(device)
-    t0 = time.perf_counter()
-    rank_dynamics(big, big_mask, stride=40)
-    _sync(device)
-    return {"rank_ok": worst < 1e-3, "rank_worst_err": worst, "rank_paper_scale_s": time.perf_counter() - t0,
-            "rank_paper_scale_shape": list(big.shape)}
+def _short(figures: dict) -> dict:
+    return {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in figures.items()}
 
 
-def check_hidden(model, tok, device: torch.device, dtype: torch.dtype) -> dict:
-    from verl_bench.policy import policy_forward
-    from verl_bench.rollout import CachedSamplingEngine, HFGenerateEngine, SamplingParams
-
-    prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-               for p in ("What is 12 + 30?", "A much longer question about apples, pears and other fruits?")]
-    out = {}
-    for name, engine in (("cached", CachedSamplingEngine), ("hf", HFGenerateEngine)):
-        torch.manual_seed(0)
-        roll = engine(model, tok).generate(prompts, SamplingParams(n=4, temperature=0.7, max_new_tokens=24))
-        with torch.no_grad():
-            ref = policy_forward(model, roll).hidden
-        got = roll.hidden.to(device)
-        rel = float((got.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-12))
-        # bf16 rows from a different kernel path (cached decode vs one full pass) differ by rounding only
-        tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
-        out[f"hidden_{name}_rel_err"] = rel
-        out[f"hidden_{name}_ok"] = rel < tol and bool((roll.hidden[~roll.response_mask] == 0).all())
-    return out
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
-def check_train(model_dir: Path, run_dir: Path, args, device: torch.device) -> dict:
-    from transformers import AutoModelForCausalLM
+def environment(mode: str, device: torch.device) -> dict:
+    """What every row says about where it ran."""
+    import transformers
 
-    from verl_bench import reward as reward_lib
-    from verl_bench.config import load_config
-    from verl_bench.train import latest_checkpoint, train
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, cwd=ROOT, capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None  # the device machine's copy of the tree may have no .git
+    return {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "mode": mode,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "commit": commit}
 
-    def every_other_correct(texts, golds, **kw):
-        return [reward_lib.Grade(answer=t[-8:], boxed=False, correct=i % 2 == 0) for i, t in enumerate(texts)]
 
-    rows: list[dict] = []
-    cfg = load_config(Path(__file__).resolve().parents[1] / "verl_bench" / "configs" / "demo.yaml", [
-        f"model={model_dir}", f"run_dir={run_dir}", f"steps={args.steps}", f"checkpoint_every={args.steps}",
-        "eval_every=0", "data.eval_size=0", f"rollout.prompts_per_step={args.prompts}", f"rollout.n={args.n}",
-        f"rollout.max_new_tokens={args.max_new_tokens}",
-        # whole-batch scoring of 256 x 256 tokens would hold ~70 GB of activations: 64 full rows at a time
-        "micro_batch_tokens=16384" if device.type == "cuda" else "micro_batch_tokens=160"])
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    train(cfg, report=lambda m, ckpt: rows.append(m) if "loss" in m else None, grader=every_other_correct)
-    later = rows[1:] or rows  # the first step pays one-time costs (kernels, allocator)
-    med = {k: statistics.median(r[k] for r in later) for k in
-           ("time/step_s", "time/generate_s", "time/update_s", "tokens_per_s", "response_length")}
-    finite = all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in rows)
-    grads = all(r["grad_norm"] > 0 for r in rows)
+def row_writer(paths: list[Path], common: dict) -> Callable[[dict], None]:
+    """Append each row (with ``common`` first) to every path, flushed at once: a killed run keeps its rows."""
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
 
-    # the checkpoint is a plain HF folder: transformers loads it, and training moved its logits
-    reloaded = AutoModelForCausalLM.from_pretrained(latest_checkpoint(run_dir), dtype=torch.float32).eval()
-    initial = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
-    ids = torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8]])
-    with torch.no_grad():
-        moved = float((reloaded(ids).logits - initial(ids).logits).abs().max())
-    return {"train_ok": finite and grads and len(rows) == args.steps and moved > 0, "train_steps": len(rows),
-            "train_step_s": med["time/step_s"], "train_generate_s": med["time/generate_s"],
-            "train_update_s": med["time/update_s"], "train_tokens_per_s": med["tokens_per_s"],
-            "train_response_length": med["response_length"],
-            "train_peak_cuda_gb": max((r.get("memory/peak_cuda_gb", 0.0) for r in rows), default=0.0),
-            "train_peak_rss_gb": max(r["memory/peak_rss_gb"] for r in rows),
-            "train_grad_norm": statistics.median(r["grad_norm"] for r in rows), "train_loss_finite": finite,
-            "train_checkpoint_logits_moved": moved}
+    def write(row: dict) -> None:
+        line = json.dumps({**common, **row}, default=str) + "\n"
+        for p in paths:
+            with open(p, "a") as f:
+                f.write(line)
+
+    return write
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--shape", choices=sorted(SHAPES), default="smollm2-135m")
-    p.add_argument("--prompts", type=int, default=None, help="prompts per step (default 32 on CUDA, 4 on CPU)")
-    p.add_argument("--n", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default 256 on CUDA, 64 on CPU")
+    p.add_argument("--cpu-smoke", action="store_true", help="every part at tiny sizes on the CPU (about a minute)")
+    p.add_argument("--budget-s", type=float, default=480.0, help="skip the parts that would end after this")
+    p.add_argument("--only", default=None, help=f"comma-separated parts to run (of {','.join(PARTS)})")
     p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cuda = device.type == "cuda"
-    args.prompts = args.prompts or (32 if cuda else 4)
-    args.max_new_tokens = args.max_new_tokens or (256 if cuda else 64)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    names = list(PARTS) if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in PARTS]
+    if unknown or not names:
+        p.error(f"--only {args.only!r}: unknown part(s) {unknown}; the parts are {', '.join(PARTS)}")
+    if not args.cpu_smoke and not torch.cuda.is_available():
+        p.error("no CUDA device here: the full sizes are for a GPU; use --cpu-smoke for the tiny CPU run")
+    device = torch.device("cpu") if args.cpu_smoke else torch.device("cuda", 0)
+    sizes = SMOKE if args.cpu_smoke else GPU
+    mode = "cpu-smoke" if args.cpu_smoke else "gpu"
 
-    from verl_bench.models import build_tiny_model, load_model
-
-    row: dict = {"time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
-                 "device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
-                 "shape": args.shape, "prompts": args.prompts, "n": args.n, "max_new_tokens": args.max_new_tokens}
-    with tempfile.TemporaryDirectory() as tmp:
-        model_dir = build_tiny_model(Path(tmp) / "model", **SHAPES[args.shape])
-        model, tok = load_model(model_dir, device=device)
-        dtype = next(model.parameters()).dtype
-        row["dtype"] = str(dtype).removeprefix("torch.")
-        for name, check in (("rank", lambda: check_rank(device)),
-                            ("hidden", lambda: check_hidden(model, tok, device, dtype)),
-                            ("train", lambda: check_train(model_dir, Path(tmp) / "run", args, device))):
-            t0 = time.perf_counter()
-            try:
-                row.update(check())
-            except Exception as e:  # one failing check must not hide the others' figures
-                row[f"{name}_ok"], row[f"{name}_error"] = False, f"{type(e).__name__}: {e}"
-            ok = all(v for k, v in row.items() if k.startswith(name) and k.endswith("_ok"))
-            figures = {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in row.items()
-                       if k.startswith(name) and not k.endswith("_ok")}
-            print(f"{'PASS' if ok else 'FAIL'} {name} ({time.perf_counter() - t0:.1f} s): {figures}", flush=True)
-    row["all_ok"] = all(v for k, v in row.items() if k.endswith("_ok"))
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.results, "a") as f:
-        f.write(json.dumps(row) + "\n")
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gpu_check.json").write_text(json.dumps(row, indent=1))
-    print(f"{'ALL PASS' if row['all_ok'] else 'SOME FAILED'}; row appended to {args.results}")
-    return 0 if row["all_ok"] else 1
+    paths = [args.results] + ([Path(os.environ["OUT"]) / "gpu_check.jsonl"] if os.environ.get("OUT") else [])
+    write = row_writer(paths, environment(mode, device))
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
+        ctx = Context(device=device, sizes=sizes, tmp=Path(tmp))
+        ok = run_parts(ctx, {n: PARTS[n] for n in names}, args.budget_s, write, sizes.estimate_s)
+    write({"part": "summary", "pass": ok, "skipped": None, "seconds": round(time.perf_counter() - t0, 2),
+           "error": None, "figures": {"parts": names, "budget_s": args.budget_s,
+                                      "ray_imported": "ray" in sys.modules}})
+    print(f"{'NO PART FAILED' if ok else 'SOME PARTS FAILED'} in {time.perf_counter() - t0:.0f} s; rows appended to "
+          f"{', '.join(map(str, paths))}", flush=True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
