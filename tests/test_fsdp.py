@@ -105,6 +105,7 @@ def _two_workers(rank: int, port: int, root: str) -> None:
             if name == "fsdp_prompt":  # the loop's own save: its HF folder is compared with the shards
                 out["checkpoint"] = str(train_lib.save(run, 1))
             torch.save(out, root_dir / f"{name}.rank{rank}.pt")
+        torch.save(_bf16_step(root_dir, given, rank), root_dir / f"bf16.rank{rank}.pt")
         # save -> kill -> resume against an uninterrupted run, both FSDP
         full = _cfg(root_dir / "full", "ray.strategy=fsdp", "gradient_checkpointing=true")
         train_lib.train(full, grader=alternating)
@@ -115,6 +116,23 @@ def _two_workers(rank: int, port: int, root: str) -> None:
         dist.destroy_process_group()
     if rank == 0:  # the two workers' step-1 checkpoint resumed by one worker (a private process group)
         _one_worker_resume(root_dir)
+
+
+def _bf16_step(root_dir: Path, given: dict, rank: int) -> dict:
+    """One FSDP step computing in bf16 (MixedPrecisionPolicy) at the paper's lr: what the master weights,
+    the optimizer state and the sampler's copy are after it."""
+    run = train_lib.setup(_cfg(root_dir / "bf16", "ray.strategy=fsdp", "dtype=bfloat16", "algo.lr=5e-7"))
+    before = {k: p.to_local().clone() for k, p in run.lm.named_parameters()}
+    _one_step(run, *_my_rows(given["prompts"], given["rollout"], rank, 2))
+    after = dict(run.lm.named_parameters())
+    moved = sum(int((after[k].to_local() != v).sum()) for k, v in before.items())
+    whole = [p.full_tensor() for p in run.lm.parameters()]  # a collective: every worker gathers
+    return {"moved": moved, "count": sum(v.numel() for v in before.values()),
+            "master": {str(p.dtype) for p in run.lm.parameters()},
+            "optimizer": {str(t.dtype) for st in run.optimizer.state.values() for t in st.values() if t.dim() > 0},
+            "sampler": {str(p.dtype) for p in run.sampler.parameters()},
+            "sampler_is_rounded_master": all(torch.equal(c, m.to(torch.bfloat16))
+                                             for c, m in zip(run.sampler.parameters(), whole, strict=True))}
 
 
 def _one_worker_resume(root_dir: Path) -> None:
@@ -225,6 +243,18 @@ def test_two_worker_fsdp_checkpoint_resumes_on_one_worker(two_workers):
     assert one["start_step"] == 1 and one["optimizer_max_diff"] == 0.0
     assert one["last_step"] == 3 and one["loss"] == one["loss"]  # finite
     assert [r["step"] for r in _rows(two_workers / "one")] == [2, 3]
+
+
+@pytest.mark.slow
+def test_fsdp_bf16_compute_steps_fp32_master_shards(two_workers):
+    """Under FSDP, dtype: bfloat16 is the MixedPrecisionPolicy's compute dtype: the sharded master weights and
+    AdamW's state stay fp32 and an lr 5e-7 step moves them (bf16 weights would round it away); the engines
+    sample from a bf16 copy of the updated weights."""
+    for rank in (0, 1):
+        got = torch.load(two_workers / f"bf16.rank{rank}.pt", weights_only=False)
+        assert got["master"] == got["optimizer"] == {"torch.float32"} and got["sampler"] == {"torch.bfloat16"}
+        assert got["moved"] > got["count"] // 2
+        assert got["sampler_is_rounded_master"]
 
 
 def test_strategy_is_validated():
