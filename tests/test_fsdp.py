@@ -73,11 +73,10 @@ def _one_step(run, prompts: list[int], rollout) -> dict:
     (fsdp: ``to_local``, reassembled by the test, not by the code under test)."""
     rewards, correct = train_lib.grade(run, prompts, rollout)
     rollout = rollout.to(run.device)
-    rank, policy_logp = train_lib.rank_metrics(run, rollout)
-    shaped = train_lib.shaped_advantages(run, rollout, rewards, correct, rank)
-    upd = train_lib.update(run, 1, rollout, shaped, None)
+    shaped = train_lib.shaped_advantages(run, rollout, rewards, correct, train_lib.rank_metrics(run, rollout)[0])
+    upd = train_lib.update(run, 1, rollout, shaped, None)  # one mini-batch: no old log-probs
     assert not upd.skipped
-    local = lambda t: (t.to_local() if hasattr(t, "to_local") else t).detach().clone()  # noqa: E731
+    local = lambda t: (t.to_local() if hasattr(t, "to_local") else t).detach().clone()
     weights = {k: local(v) for k, v in run.lm.state_dict().items()}
     grads = {k: local(p.grad) for k, p in run.lm.named_parameters()}  # as the step used them: clipped
     return {"loss": run.world.sum([upd.loss])[0] / run.world.size, "grad_norm": upd.grad_norm, "weights": weights,

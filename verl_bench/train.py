@@ -41,8 +41,8 @@ from verl_bench.checkpoint import (
 )
 from verl_bench.config import ConfigError, TrainConfig
 from verl_bench.distributed import World
-from verl_bench.fsdp import shard_models
 from verl_bench.errors import UserError
+from verl_bench.fsdp import shard_models
 from verl_bench.grpo import policy_loss
 from verl_bench.metrics import METRIC_NAMES
 from verl_bench.models import load_model
