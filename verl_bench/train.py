@@ -309,12 +309,11 @@ def update(run: Run, step: int, rollout: Rollout, shaped: Shaped, old_logp: torc
 
 
 def refresh_sampler(run: Run) -> None:
-    """The next rollout samples the updated policy: vLLM gets the new weights (and drops its prefix cache);
-    the HF engines' bf16 copy (CUDA) is refreshed from the fp32 master weights."""
+    """The next rollout samples the updated policy: the sampler's copy (bf16 on CUDA; whole weights under
+    fsdp) is refreshed from the fp32 master weights, then vLLM gets them (and drops its prefix cache)."""
+    precision.refresh_rollout_copy(run.sampler, run.lm)  # a no-op when the sampler is ``lm`` itself
     if isinstance(run.engine, VLLMEngine):
-        run.engine.sync_weights(run.lm)
-    else:
-        precision.refresh_rollout_copy(run.sampler, run.lm)
+        run.engine.sync_weights(run.sampler)
 
 
 def stop_if_diverged(run: Run, step: int) -> None:
