@@ -229,3 +229,19 @@ def test_a_full_disk_while_logging_stops_with_a_clear_error(tmp_path, monkeypatc
     with pytest.raises(RunFolderError, match=r"disk full while appending to .*metrics.jsonl: the run stops here"):
         append_metrics(tmp_path, {"step": 2})
     assert json.loads((tmp_path / "metrics.jsonl").read_text()) == {"step": 1, "loss": None}  # NaN as null
+
+
+def test_a_key_added_by_a_newer_version_at_its_default_is_no_change():
+    """A run or study recorded before a key existed ran with that key's default: resuming it under a newer
+    version (which writes the key at its default) is the same run; a non-default value is a change."""
+    from verl_bench.config import TrainConfig
+    from verl_bench.runfolder import config_changes
+
+    new = json.loads(json.dumps(TrainConfig().to_dict()))
+    old = json.loads(json.dumps(new))
+    del old["algo"]["tis_cap"], old["rollout"]["vllm"]
+    assert config_changes(old, new) == []
+    new["algo"]["tis_cap"] = 2.0
+    assert config_changes(old, new) == [("algo.tis_cap", None, 2.0)]
+    old["algo"]["retired_key"] = 1  # a key this version no longer has: a change
+    assert ("algo.retired_key", 1, None) in config_changes(old, new)

@@ -40,11 +40,14 @@ def resumable_keys() -> tuple[str, ...]:
 
 def config_changes(old: dict, new: dict) -> list[tuple[str, Any, Any]]:
     """(dotted key, old value, new value) for every key that differs (a key missing on one side: None).
-    Both sides as JSON holds them (lists, not tuples)."""
+    Both sides as JSON holds them (lists, not tuples). A key one side lacks and the other holds at its
+    default is no change: a config written before a newer version added that key ran with its default."""
     from verl_bench.sweep.spec import flatten
 
     a, b = flatten(old), flatten(new)
-    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    defaults = flatten(json.loads(json.dumps(TrainConfig().to_dict())))
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            and not (k in defaults and (k not in a or k not in b) and a.get(k, b.get(k)) == defaults[k])]
 
 
 def check_resume(saved: dict, cfg: TrainConfig, checkpoint: Path) -> list[tuple[str, Any, Any]]:

@@ -16,16 +16,15 @@ import pandas as pd
 from verl_bench.analysis import smallsample
 from verl_bench.analysis.intervals import (  # noqa: F401 (the array core, re-exported)
     arm_interval,
-    combine,
     holm,
     min_detectable_difference,
     paired_interval,
-    problem_term,
     residual_mean_square,
+    satterthwaite,
     seed_moments,
     seed_sd,
-    seed_term,
     t_interval,
+    variance_terms,
 )
 from verl_bench.errors import UserError
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from verl_bench.config import ConfigError
+from verl_bench.runfolder import config_changes
 from verl_bench.study.spec import BASE_ARM, StudySpec, cell_key, load_study
 
 TRIALS_FILE = "trials.json"
@@ -104,7 +105,8 @@ def _prepare(spec: StudySpec, study_dir: Path, study_file: Path, resume: bool) -
             raise StudyError(f"{study_dir} already holds this study: rerun with --resume to continue it (finished "
                              "trials and benchmarks are kept), or give another name/--storage")
         old = json.loads(stored.read_text())["trials"]
-        changed = sorted(k for k in set(old) | set(resolved) if old.get(k) != resolved.get(k))
+        changed = sorted(k for k in set(old) | set(resolved)
+                         if k not in old or k not in resolved or config_changes(old[k], resolved[k]))
         if changed:
             raise StudyError(f"{spec.source}: the trials differ from those of the study in {study_dir} "
                              f"({', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}): a changed study "
