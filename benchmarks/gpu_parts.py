@@ -64,9 +64,14 @@ class Context:
     @cached_property
     def model_dir(self) -> Path:
         """A random model of the run's shape with the SmolLM2 tokenizer, saved once (float32)."""
-        from verl_bench.models import build_tiny_model
+        from verl_bench.models import ModelUnavailableError, build_tiny_model
 
-        return build_tiny_model(self.tmp / "model", **self.sizes.shape)
+        try:
+            return build_tiny_model(self.tmp / "model", **self.sizes.shape)
+        except (ModelUnavailableError, FileNotFoundError) as e:  # no GGUF on the GPU machine: it must travel
+            raise ModelUnavailableError(f"no SmolLM2 tokenizer in the cache ({e}); on a machine without the "
+                                        "GGUF, carry the folder `make gpu-check-cache` makes (.cache/gpu) and "
+                                        "set VERL_BENCH_CACHE=.cache/gpu") from None
 
     @cached_property
     def initial_weights(self) -> dict[str, torch.Tensor]:
