@@ -245,6 +245,19 @@ def test_two_worker_fsdp_checkpoint_resumes_on_one_worker(two_workers):
 
 
 @pytest.mark.slow
+def test_fsdp_checkpoint_resumes_under_ddp(two_workers):
+    """The FSDP checkpoint (optimizer state keyed by name) resumed by one plain ddp process: its optimizer
+    holds exactly the saved state, parameter by parameter."""
+    ckpt = two_workers / "part" / "checkpoints" / "step_000001"
+    run = train_lib.setup(_cfg(two_workers / "ddp_resume", workers=1), resume_from=ckpt)
+    saved = load_trainer_state(ckpt)["optimizer"]["state"]
+    mine = run.optimizer.state_dict()["state"]
+    names = [name for name, _ in run.lm.named_parameters()]
+    assert run.start_step == 1 and len(mine) == len(saved) == len(names)
+    assert all(torch.equal(mine[i][k], saved[name][k]) for i, name in enumerate(names) for k in saved[name])
+
+
+@pytest.mark.slow
 def test_fsdp_bf16_compute_steps_fp32_master_shards(two_workers):
     """Under FSDP, dtype: bfloat16 is the MixedPrecisionPolicy's compute dtype: the sharded master weights and
     AdamW's state stay fp32 and an lr 5e-7 step moves them (bf16 weights would round it away); the engines
