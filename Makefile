@@ -35,7 +35,7 @@ bench: venv
 	$(BIN)/python benchmarks/rank_metrics.py
 
 # The short GPU check (benchmarks/gpu_check.py, issue 12.5). On the CUDA machine there is no venv: torch and
-# transformers are preinstalled (make gpu-check PY=python3); the SmolLM2 tokenizer it needs (2 MB, from the
+# transformers are preinstalled (make gpu-check PY=python3); the SmolLM2 tokenizer it needs (3.4 MB, from the
 # GGUF here) travels in .cache/gpu, made by gpu-check-cache. gpu-check-smoke: every part, tiny, on this CPU.
 GPU_CACHE ?= .cache/gpu
 gpu-check-cache: venv

@@ -23,10 +23,12 @@ which parts passed and whether Ray was imported (it must not be: the GPU machine
 when no part failed, 2 on bad arguments. ``--cpu-smoke`` runs every code path at tiny sizes on the CPU
 (tests/test_gpu_check.py). Models are random, built from configs: no hub, no weights travel.
 
-On the GPU machine (torch 2.11, transformers 5.17 preinstalled, no Ray) the SmolLM2 tokenizer (2 MB) travels
+On the GPU machine (torch 2.11, transformers 5.17 preinstalled, no Ray) the SmolLM2 tokenizer (3.4 MB) travels
 in .cache/gpu, made here once by `make gpu-check-cache`; the device tool's command (carry [".cache/gpu"]):
     PYTHONPATH=. HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false VERL_BENCH_CACHE=.cache/gpu
     PYTHONUNBUFFERED=1 timeout 540 python3 benchmarks/gpu_check.py
+Only $OUT comes back from that machine: append its gpu_check.jsonl to benchmarks/results/gpu_check.jsonl here.
+A failed part can be rerun alone with --only NAME.
 """
 
 from __future__ import annotations
