@@ -412,12 +412,16 @@ def check_fsdp(ctx: Context) -> tuple[bool, dict]:
     initial = ctx.initial_weights
     agree = update_agreement(_flat_change(run.weights[1], initial), _flat_change(plain.weights[1], initial))
     a, b = run.rows[0], plain.rows[0]
-    same_rollout = all(a[k] == b[k] for k in ("response_length", "reward/mean", "accuracy"))
-    figures.update({"vs_plain_step1_loss_abs_diff": abs(a["loss"] - b["loss"]),
-                    "vs_plain_step1_step_ratio": agree["ratio"], "vs_plain_step1_same_sign": agree["same_sign"],
-                    "vs_plain_step1_same_rollout": same_rollout})
-    # AdamW's first step is about lr x sign(gradient) either way; with the same rollout the signs agree too
-    ok &= 0.8 < agree["ratio"] < 1.25 and (not same_rollout or agree["same_sign"] > 0.9)
+    # the same tokens give the same hidden states, so the same ER (lengths and rewards alone would not tell)
+    same_rollout = (all(a[k] == b[k] for k in ("response_length", "reward/mean", "accuracy"))
+                    and abs(a["rank/er"] - b["rank/er"]) <= 1e-6 * abs(b["rank/er"]))
+    norm_rel = abs(a["grad_norm"] - b["grad_norm"]) / b["grad_norm"]
+    figures.update({"vs_plain_step1_same_rollout": same_rollout, "vs_plain_step1_grad_norm_rel_diff": norm_rel,
+                    "vs_plain_step1_step_ratio": agree["ratio"], "vs_plain_step1_same_sign": agree["same_sign"]})
+    # AdamW's first step is about lr x sign(gradient) either way. With the same rollout the gradients are the
+    # same up to rounding: plain autocast and FSDP's bf16 parameters round differently (bf16 on the CPU: norm
+    # 4e-4 apart, 0.998 of the signs the same), far less than a lost or doubled micro-batch would move them
+    ok &= 0.8 < agree["ratio"] < 1.25 and (not same_rollout or (norm_rel < 0.05 and agree["same_sign"] > 0.9))
     return ok, figures
 
 
