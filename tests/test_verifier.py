@@ -150,6 +150,45 @@ def test_pool_recovers_from_workers_killed_outside(pool):
     assert len(_wait_for_workers(pool, 3)) == 3
 
 
+def test_hanging_answers_back_to_back_get_forked_workers():
+    """Hanging answers one call after another on 1 worker + 1 spare: each kills its worker, and the
+    replacement is forked by the zygote (milliseconds) instead of started (an import of seconds), so no call
+    waits for a start. The bound is generous (a loaded machine); benchmarks/verifier_attack.py measures."""
+    from verl_bench import verifier
+
+    with VerifierPool(n_workers=1, spares=1) as small:
+        small.warmup()
+        zygote = verifier._ZYGOTE.pid
+        for k in range(5):
+            pids = small.worker_pids
+            assert pids and all(psutil.Process(p).ppid() == zygote for p in pids)
+            t0 = time.monotonic()
+            assert check_many([(TOWER, f"b2b{k}")], timeout_s=1.0, pool=small, use_cache=False) == [Outcome.TIMEOUT]
+            assert time.monotonic() - t0 < 1.0 + 5.0
+        assert small.stats["restarts"] == 5  # every stuck worker killed
+        replaced = _wait_for_workers(small, 2)  # and replaced by forks of the same zygote
+        assert len(replaced) == 2 and all(psutil.Process(p).ppid() == zygote for p in replaced)
+        assert verify("\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2", HEARD, pool=small, use_cache=False)
+
+
+def test_pool_survives_its_zygote_dying():
+    """SIGKILL the zygote: its workers die with it; the pool notices, starts workers as processes of its
+    own while a new zygote warms up in the background, and answers stay right."""
+    from verl_bench import verifier
+
+    with VerifierPool(n_workers=1, spares=1) as small:
+        small.warmup()
+        old = verifier._ZYGOTE.pid
+        pids = small.worker_pids
+        os.kill(old, signal.SIGKILL)
+        _, alive = psutil.wait_procs([psutil.Process(p) for p in [old, *pids] if psutil.pid_exists(p)], timeout=30)
+        assert not alive  # the workers died with their zygote
+        assert verify("\\frac{\\sqrt{2}}{2}", "\\sqrt{2}/2", HEARD, pool=small, use_cache=False)
+        assert check_many([(TOWER, "zygote")], timeout_s=1.0, pool=small, use_cache=False) == [Outcome.TIMEOUT]
+        assert verify("\\frac{2}{\\sqrt{2}}", "\\sqrt{2}", HEARD, pool=small, use_cache=False)
+        assert verifier._ZYGOTE is not None and verifier._ZYGOTE.pid != old
+
+
 def test_memory_bomb_hits_the_address_space_limit():
     """A worker limited to 320 MB (it needs about 150) expanding (x+1)^100000 gets MemoryError: the answer
     is wrong long before its (generous) timeout, the worker lives on, the caller's memory is untouched."""

@@ -27,14 +27,19 @@ the caller's ``__main__``), one (pred, gold) pair at a time over JSON lines on s
 * No process start on the critical path: the pool keeps ``n_workers`` + ``spares`` workers (imports
   done); a batch uses at most ``n_workers`` at once, a killed worker's place is taken by a warm spare at
   once, and its replacement starts in the background (reaping the dead one too). Only a cold pool's
-  first batch waits for start-up, before its clock starts. The limit: answers that kill workers faster
-  than replacements start (a python + sympy import, about 1.5 s; much more on a loaded machine) use up
-  the warm ones, and the next pair waits for a start (within the batch deadline).
+  first batch waits for start-up, before its clock starts. Workers are forked by a zygote: one ``python
+  -c`` fork server per process (``verify_worker.zygote_main``) that imported and warmed math-verify once,
+  so a replacement is ready in milliseconds, not after a python + sympy import (1.5 s quiet, 10-20 s on a
+  loaded machine), and hostile answers back to back do not use up the warm spares. The limit: should the
+  zygote fail, workers start as processes of their own (the zygote restarts in the background, up to
+  3 times) and answers that kill workers faster than those start make the next pair wait for a start
+  (within the batch deadline).
 * Memory: each worker runs under an address-space limit (``memory_limit_mb``, RLIMIT_AS): a memory bomb
   ends in MemoryError (wrong) or the worker's death (retried once on another worker, then
   ``Outcome.CRASHED``); the caller's process is untouched.
 * Death with the parent: PR_SET_PDEATHSIG (armed from one long-lived spawner thread, since the signal
-  follows the thread that started the child) kills workers stuck in sympy; idle ones also exit on EOF.
+  follows the thread that started the child) kills workers stuck in sympy, and the zygote, whose forked
+  workers arm it against the zygote in turn; idle ones also exit on EOF.
 * Workers killed from outside are noticed (EOF, broken pipe), replaced, and their pair retried once.
 * Model output is never evaluated as code, here or in the worker: math-verify parses LaTeX with an ANTLR
   grammar, and the only ``eval`` on its path (sympy's ``parse_expr``) only ever receives text its regex
@@ -53,6 +58,7 @@ import os
 import queue
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -61,7 +67,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 
 from verl_bench.answers import ascii_digits, fast_check
-from verl_bench.verify_worker import MEMORY_ENV, PARENT_ENV
+from verl_bench.verify_worker import MEMORY_ENV, PARENT_ENV, ZYGOTE_FD_ENV
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +110,10 @@ _CACHED = (Outcome.EQUAL, Outcome.DIFFERENT, Outcome.TIMEOUT)
 # --------------------------------------------------------------------------------------------------
 
 _WORKER_CMD = "from verl_bench.verify_worker import main; main()"
+_ZYGOTE_CMD = "from verl_bench.verify_worker import zygote_main; zygote_main()"
 
 
-def _popen_worker(memory_limit_mb: int | None) -> subprocess.Popen:
+def _worker_env(memory_limit_mb: int | None) -> dict[str, str]:
     env = dict(os.environ)
     pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = pkg_parent + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -114,11 +121,175 @@ def _popen_worker(memory_limit_mb: int | None) -> subprocess.Popen:
     env[PARENT_ENV] = str(os.getpid())
     for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(k, "1")
+    return env
+
+
+def _popen_worker(memory_limit_mb: int | None) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", _WORKER_CMD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=None, env=env, bufsize=0, close_fds=True)
+                            stderr=None, env=_worker_env(memory_limit_mb), bufsize=0, close_fds=True)
 
 
-def _reap(proc: subprocess.Popen) -> None:
+class _ForkedWorker:
+    """A worker forked by the zygote, with the part of ``subprocess.Popen`` the pool uses. The parent cannot
+    waitpid a grandchild (the zygote reaps it): a pidfd says when it is gone and kills without the risk of
+    hitting a reused pid; without pidfds (Linux < 5.3), ``kill(pid, 0)``."""
+
+    def __init__(self, pid: int, stdin_fd: int, stdout_fd: int):
+        self.pid = pid
+        self.stdin = os.fdopen(stdin_fd, "wb", buffering=0)
+        self.stdout = os.fdopen(stdout_fd, "rb", buffering=0)
+        self.returncode: int | None = None
+        self._pidfd: int | None = None
+        self._lock = threading.Lock()  # poll/kill (caller thread) against wait (spawner thread)
+        try:
+            self._pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self.returncode = -signal.SIGKILL  # already gone; its exit status went to the zygote
+        except (AttributeError, OSError):
+            pass
+
+    def poll(self) -> int | None:
+        with self._lock:
+            if self.returncode is None:
+                if self._pidfd is not None:
+                    gone = bool(_readable([self._pidfd], 0))
+                else:
+                    try:
+                        os.kill(self.pid, 0)
+                        gone = False
+                    except ProcessLookupError:
+                        gone = True
+                    except OSError:
+                        gone = False
+                if gone:
+                    self.returncode = -signal.SIGKILL  # the real status went to the zygote
+            return self.returncode
+
+    def kill(self) -> None:
+        with self._lock:
+            if self.returncode is None:
+                if self._pidfd is not None:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                else:
+                    os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        end = math.inf if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if time.monotonic() >= end:
+                raise subprocess.TimeoutExpired(f"verify worker {self.pid}", timeout)
+            time.sleep(0.01)
+        with self._lock:
+            if self._pidfd is not None:
+                os.close(self._pidfd)
+                self._pidfd = None
+        return self.returncode
+
+
+class _Zygote:
+    """The fork server (``verify_worker.zygote_main``): one ``python -c`` process that imported and warmed
+    math-verify once and forks a ready worker per request, over a Unix socketpair that carries the
+    worker's two pipe ends. Started from the spawner thread (so PR_SET_PDEATHSIG ties it to this process)."""
+
+    def __init__(self):
+        self._sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = _worker_env(None)
+        env[ZYGOTE_FD_ENV] = str(theirs.fileno())
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", _ZYGOTE_CMD], stdin=subprocess.DEVNULL, stdout=None,
+                                         stderr=None, env=env, close_fds=True, pass_fds=(theirs.fileno(),))
+        finally:
+            theirs.close()
+        self.pid = self.proc.pid
+        self.owner = os.getpid()  # a forked caller starts a zygote of its own
+        self.ready = threading.Event()  # set when the warm-up is done (or failed: then ``alive`` is False)
+        self.alive = True
+        self._buf = b""
+        threading.Thread(target=self._await_ready, name="verl-bench-verify-zygote", daemon=True).start()
+
+    def _line(self, timeout_s: float) -> bytes | None:
+        end = time.monotonic() + timeout_s
+        while b"\n" not in self._buf:
+            if not _readable([self._sock.fileno()], end - time.monotonic()):
+                return None
+            chunk = self._sock.recv(4096)
+            if not chunk:
+                return None
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line
+
+    def _await_ready(self) -> None:
+        try:
+            line = self._line(_ZYGOTE_START_TIMEOUT_S)
+        except OSError:
+            line = None
+        if line != b"ready":
+            log.warning("verifier zygote did not start (%s); starting workers as processes", line)
+            self.stop()
+        self.ready.set()
+
+    def fork(self, memory_limit_mb: int | None) -> _ForkedWorker | None:
+        """A new worker (its ready line still to come), or None when the zygote failed (it is then stopped)."""
+        if not self.alive:
+            return None
+        child_in, parent_out = os.pipe()  # the worker's stdin
+        parent_in, child_out = os.pipe()  # its stdout
+        try:
+            socket.send_fds(self._sock, [json.dumps({"mem_mb": int(memory_limit_mb or 0)}).encode()],
+                            [child_in, child_out])
+            line = self._line(_ZYGOTE_FORK_TIMEOUT_S)
+            pid = int(line) if line else None
+        except (OSError, ValueError):
+            pid = None
+        finally:
+            os.close(child_in)
+            os.close(child_out)
+        if pid is None:
+            os.close(parent_out)
+            os.close(parent_in)
+            self.stop()
+            return None
+        return _ForkedWorker(pid, parent_out, parent_in)
+
+    def stop(self) -> None:
+        self.alive = False
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        with contextlib.suppress(OSError):
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            self.proc.wait(timeout=10.0)
+
+
+_ZYGOTE_START_TIMEOUT_S = 120.0
+_ZYGOTE_FORK_TIMEOUT_S = 10.0
+_ZYGOTE_MAX_FAILURES = 3  # then workers start as processes of their own
+_ZYGOTE: _Zygote | None = None
+_ZYGOTE_FAILURES = 0
+
+
+def _start_worker(memory_limit_mb: int | None) -> subprocess.Popen | _ForkedWorker:
+    """In the spawner thread: a worker forked by the zygote, else (the zygote failed, or a restarted one is
+    still warming up) a worker process of its own. Only the first zygote is waited for."""
+    global _ZYGOTE, _ZYGOTE_FAILURES
+    z = _ZYGOTE
+    if z is not None and z.owner != os.getpid():
+        z = _ZYGOTE = None
+    if z is None or z.proc.poll() is not None or (z.ready.is_set() and not z.alive):
+        if z is not None:
+            _ZYGOTE_FAILURES += 1
+            z.stop()
+        z = _ZYGOTE = None if _ZYGOTE_FAILURES > _ZYGOTE_MAX_FAILURES else _Zygote()
+    if z is not None and z.ready.wait(_ZYGOTE_START_TIMEOUT_S if _ZYGOTE_FAILURES == 0 else 0):
+        w = z.fork(memory_limit_mb)
+        if w is not None:
+            return w
+    return _popen_worker(memory_limit_mb)
+
+
+
+def _reap(proc: subprocess.Popen | _ForkedWorker) -> None:
     with contextlib.suppress(OSError):
         proc.kill()
     with contextlib.suppress(subprocess.TimeoutExpired, OSError):
@@ -131,7 +302,7 @@ def _reap(proc: subprocess.Popen) -> None:
 class _Worker:
     """A started worker process seen from the parent: its pipes, a read buffer, the pair it is on."""
 
-    def __init__(self, proc: subprocess.Popen):
+    def __init__(self, proc: subprocess.Popen | _ForkedWorker):
         self.proc = proc
         self.pid = proc.pid
         self.fd = proc.stdout.fileno()
@@ -166,7 +337,7 @@ class _Worker:
 
     def kill(self) -> None:
         with contextlib.suppress(OSError):
-            os.kill(self.pid, signal.SIGKILL)
+            self.proc.kill()
 
 
 def _readable(fds: Sequence[int], timeout_s: float) -> list[int]:
@@ -267,13 +438,13 @@ class VerifierPool:
         if self._closed:
             return self._lost(None)
         try:
-            proc = _popen_worker(self.memory_limit_mb)
+            proc = _start_worker(self.memory_limit_mb)
         except OSError as e:
             return self._lost(f"cannot start a math-verify worker: {e}")
         threading.Thread(target=self._await_ready, args=(proc,), name="verl-bench-verify-start",
                          daemon=True).start()
 
-    def _await_ready(self, proc: subprocess.Popen) -> None:
+    def _await_ready(self, proc: subprocess.Popen | _ForkedWorker) -> None:
         w = _Worker(proc)
         error = f"math-verify worker did not start within {self.startup_timeout_s:.0f} s"
         ready = False
