@@ -280,7 +280,13 @@ def _start_worker(memory_limit_mb: int | None) -> subprocess.Popen | _ForkedWork
         if z is not None:
             _ZYGOTE_FAILURES += 1
             z.stop()
-        z = _ZYGOTE = None if _ZYGOTE_FAILURES > _ZYGOTE_MAX_FAILURES else _Zygote()
+        z = _ZYGOTE = None
+        if _ZYGOTE_FAILURES <= _ZYGOTE_MAX_FAILURES:
+            try:
+                z = _ZYGOTE = _Zygote()
+            except OSError as e:
+                log.warning("cannot start the verifier zygote (%s); starting workers as processes", e)
+                _ZYGOTE_FAILURES += 1
     if z is not None and z.ready.wait(_ZYGOTE_START_TIMEOUT_S if _ZYGOTE_FAILURES == 0 else 0):
         w = z.fork(memory_limit_mb)
         if w is not None:
