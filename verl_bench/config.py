@@ -7,6 +7,7 @@ bad values are ``ConfigError``s that name the file, the line and the dotted key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -143,10 +144,6 @@ class TrainConfig:
               "window, else they are always 0")),
             (self.ray.num_workers >= 1, "ray.num_workers", "must be >= 1"),
             (self.ray.strategy in ("ddp", "fsdp"), "ray.strategy", "must be 'ddp' or 'fsdp'"),
-            (not (self.ray.strategy == "fsdp" and self.micro_batch_tokens), "micro_batch_tokens",
-             ("cannot be used with ray.strategy: fsdp: a token budget gives each worker its own number of "
-              "micro-batches, and FSDP's gathers need the same number on every worker (bound memory with "
-              "micro_batch instead)")),
             (self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0"),
             (self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be >= 1"),
             (self.micro_batch is None or self.micro_batch >= 1, "micro_batch", "must be >= 1 or null"),
@@ -194,7 +191,7 @@ def _get(obj, dotted: str):
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict | None = None) -> TrainConfig:
     """YAML file (or ``base`` dict) + ``key=value`` overrides -> a validated TrainConfig."""
-    data: dict[str, Any] = dict(base or {})
+    data: dict[str, Any] = copy.deepcopy(base or {})  # the overrides below must not write into ``base``
     lines: dict[str, int] = {}
     source = "<config>"
     if path is not None:

@@ -43,6 +43,19 @@ class ShardedScorer(ResponseScorer):
         """Score the next micro-batch (body and LM head); None when there is none."""
         return next(batches, None)
 
+    def plan_micro_batches(self, lengths, max_rows, max_tokens) -> list[torch.Tensor]:
+        """Every worker runs as many micro-batches as the one with the most (each is a gather of every layer,
+        a collective): the local plan's largest micro-batches are halved until it has that many. Workers hold
+        equal numbers of rows, so it always can."""
+        batches = super().plan_micro_batches(lengths, max_rows, max_tokens)
+        count = torch.tensor([len(batches)], device=lengths.device)
+        dist.all_reduce(count, op=dist.ReduceOp.MAX)
+        while len(batches) < int(count):
+            i = max(range(len(batches)), key=lambda j: len(batches[j]))
+            rows = batches.pop(i)
+            batches[i:i] = [rows[: (len(rows) + 1) // 2], rows[(len(rows) + 1) // 2 :]]
+        return batches
+
 
 def shard_models(world, lm: torch.nn.Module, sampler: torch.nn.Module, ref_scorer: ResponseScorer | None,
                  compute: torch.dtype, device: torch.device):

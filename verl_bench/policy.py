@@ -109,7 +109,7 @@ class ResponseScorer(torch.nn.Module):
         micro-batch, longest responses first, each cut to its own width."""
         r = targets.shape[1]
         lengths = mask.sum(dim=1)
-        for idx in micro_batches(lengths, micro_batch, max_tokens):
+        for idx in self.plan_micro_batches(lengths, micro_batch, max_tokens):
             r_mb = max(int(lengths[idx].max()), 1)
             if prompt is None:
                 first = int(attention_mask[idx, :prompt_len].any(dim=0).int().argmax())  # drop all-pad columns
@@ -124,6 +124,10 @@ class ResponseScorer(torch.nn.Module):
             lp = torch.nn.functional.pad(lp, (0, r - r_mb))
             ent = torch.nn.functional.pad(ent, (0, r - r_mb)) if with_entropy else None
             yield idx, rows, lp, ent
+
+    def plan_micro_batches(self, lengths, max_rows, max_tokens) -> list[torch.Tensor]:
+        """The rows of each micro-batch (``micro_batches``; ``verl_bench.fsdp`` evens the count over workers)."""
+        return list(micro_batches(lengths, max_rows, max_tokens))
 
     def _rows(self, ids, attn, p, r):
         """Post-norm last-layer states that sampled response tokens 0..r-1 (row j at column p-1+j)."""
