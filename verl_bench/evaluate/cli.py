@@ -133,9 +133,10 @@ def _print_summary(rows: list[dict], preset) -> None:
 
 def _vllm_options(args):
     """The vllm backend's options from the flags, checked like the training config's rollout.vllm."""
-    from verl_bench.rollout_vllm import VLLMOptions
+    from verl_bench.rollout_vllm import EVAL_GPU_MEMORY_UTILIZATION, VLLMOptions
 
-    opts = VLLMOptions(gpu_memory_utilization=args.gpu_memory_utilization,
+    memory = EVAL_GPU_MEMORY_UTILIZATION if args.gpu_memory_utilization is None else args.gpu_memory_utilization
+    opts = VLLMOptions(gpu_memory_utilization=memory,
                        tensor_parallel_size=args.tensor_parallel_size, max_model_len=args.max_model_len,
                        enforce_eager=args.enforce_eager)
     for ok, key, why in opts.checks(prefix=""):
@@ -149,7 +150,7 @@ def cmd_eval(args) -> int:
         raise EvalUsageError("give MODEL_OR_CHECKPOINT... or --experiment PATH")
     if args.models and args.experiment:
         raise EvalUsageError("give models or --experiment, not both")
-    _vllm_options(args)  # bad flags refused before anything runs
+    vllm = _vllm_options(args)  # bad flags refused before anything runs
     _check_folders(args)
     args.benchmark_list = _benchmarks(args.benchmarks)
     preset = _preset(args)
@@ -160,7 +161,7 @@ def cmd_eval(args) -> int:
                                  address=args.address, cpus_per_job=args.cpus_per_job,
                                  gpus_per_job=args.gpus_per_job, backend=args.backend,
                                  batch_size=args.batch_size, data_root=args.data_root, seed=args.seed,
-                                 vllm=_vllm_options(args))
+                                 vllm=vllm)
     rows += group_average(rows, args.benchmark_list)
     if rows:
         path = merge_table(table_dir, rows)
@@ -195,7 +196,8 @@ def add_eval_parser(subparsers) -> None:
                    help="auto: vllm on a GPU when installed, else hf; sampler: the training sampler (fast on CPU)")
     e.add_argument("--batch-size", default=None)
     v = e.add_argument_group("vllm backend (the training config's rollout.vllm keys)")
-    v.add_argument("--gpu-memory-utilization", type=float, default=0.85, help="share of GPU memory vLLM takes")
+    v.add_argument("--gpu-memory-utilization", type=float, default=None,
+                   help="share of GPU memory vLLM takes (default 0.85: evaluation has the GPU to itself)")
     v.add_argument("--tensor-parallel-size", type=int, default=1)
     v.add_argument("--max-model-len", type=int, default=None, help="default: the model's own context")
     v.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (faster start, slower decode)")

@@ -86,9 +86,9 @@ def make_lm(folder: Path, backend: str = "auto", batch_size: int | str | None = 
             raise RuntimeError("--backend vllm: vllm is not importable here (pip install verl-bench[vllm])")
         from lm_eval.models.vllm_causallms import VLLM
 
-        from verl_bench.rollout_vllm import VLLMOptions
+        from verl_bench.rollout_vllm import EVAL_GPU_MEMORY_UTILIZATION, VLLMOptions
 
-        o = vllm or VLLMOptions(gpu_memory_utilization=0.85)  # evaluation has the GPU to itself
+        o = vllm or VLLMOptions(gpu_memory_utilization=EVAL_GPU_MEMORY_UTILIZATION)
         return VLLM(pretrained=str(folder), dtype="bfloat16" if cuda else "float32", data_parallel_size=1,
                     tensor_parallel_size=o.tensor_parallel_size, max_model_len=o.max_model_len, seed=seed,
                     batch_size=batch_size or "auto", gpu_memory_utilization=o.gpu_memory_utilization,

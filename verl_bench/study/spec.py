@@ -227,11 +227,10 @@ def load_study(path: str | Path) -> StudySpec:
     eval_vllm = ev.get("vllm") or {}
     if not isinstance(eval_vllm, dict):
         fail("evaluation.vllm", "expected a mapping of the training config's rollout.vllm keys")
-    from verl_bench.rollout_vllm import VLLMOptions
+    from verl_bench.rollout_vllm import EVAL_GPU_MEMORY_UTILIZATION, VLLMOptions
 
-    # evaluation has the GPU to itself: 0.85 unless given
-    opts = from_dict(VLLMOptions, {"gpu_memory_utilization": 0.85, **eval_vllm}, source=source, lines=lines,
-                     prefix="evaluation.vllm.")
+    opts = from_dict(VLLMOptions, {"gpu_memory_utilization": EVAL_GPU_MEMORY_UTILIZATION, **eval_vllm},
+                     source=source, lines=lines, prefix="evaluation.vllm.")
     for ok, key, why in opts.checks(prefix="evaluation.vllm"):
         if not ok:
             fail(key, why)
