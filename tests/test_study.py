@@ -233,6 +233,43 @@ def test_killed_study_resumes_without_redoing_finished_work(tmp_path):
     assert len({tuple(sorted(g.problem.unique())) for _, g in frame.groupby(["arm", "seed"])}) == 1
 
 
+def _train_cell_in(args) -> str:
+    """One trial of a restored grid training the cell "tiny/verl/0": run/ appears a moment after it starts
+    (as train() makes it), then the run takes a while; returns the folder it trained in."""
+    from verl_bench.sweep.run import train_cell
+
+    experiment, trial, barrier = args
+    homes = []
+
+    def train_in(home: Path) -> None:
+        homes.append(home)
+        time.sleep(0.3)
+        (home / "run").mkdir(exist_ok=True)
+        time.sleep(0.7)
+
+    barrier.wait()
+    train_cell(experiment, "tiny/verl/0", {"model": "tiny", "arm": "verl", "seed": 0}, 2, experiment / trial, train_in)
+    return homes[0].name
+
+
+def test_two_trials_of_one_cell_train_it_in_one_folder(tmp_path):
+    """Tune's restore runs a cell's old trial beside its regenerated one: started together, the second waits
+    for the first and then continues in the first's folder; no second run of the cell appears."""
+    import multiprocessing
+
+    exp = tmp_path / "train"
+    params = {"model": "tiny", "arm": "verl", "seed": 0}
+    for trial in ("old_00000", "new_00004"):
+        (exp / trial).mkdir(parents=True)
+        (exp / trial / "params.json").write_text(json.dumps(params))
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Manager().Barrier(2)
+    with ctx.Pool(2) as pool:
+        homes = pool.map(_train_cell_in, [(exp, "old_00000", barrier), (exp, "new_00004", barrier)])
+    assert len(set(homes)) == 1, homes
+    assert sorted(p.parent.name for p in exp.glob("*/run")) == [homes[0]]
+
+
 def test_training_stage_restores_after_ray_kills_a_trial_for_memory(tmp_path, monkeypatch):
     """Tune 2.60 fails the whole experiment when Ray's memory monitor kills a trial's process: the stage
     restores it (finished trials are kept); any other error is raised."""

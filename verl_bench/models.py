@@ -25,7 +25,6 @@ a half folder behind and two processes never build the same folder twice.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
@@ -40,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from verl_bench.errors import UserError
+from verl_bench.sysutil import file_lock
 
 if TYPE_CHECKING:
     import torch
@@ -102,23 +102,6 @@ def _is_complete(folder: Path) -> bool:
     return (folder / META_FILE).is_file()
 
 
-@contextlib.contextmanager
-def _file_lock(lock_path: Path):
-    """An exclusive inter-process lock (fcntl where available; elsewhere only the atomic rename guards)."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a+") as fh:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - non-POSIX
-            yield
-            return
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 _THREAD_LOCK = threading.RLock()  # re-entrant: a tiny build may build the tokenizer folder
 
 
@@ -132,7 +115,7 @@ def _build_once(final: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
         return final
     parent = final.parent
     parent.mkdir(parents=True, exist_ok=True)
-    with _THREAD_LOCK, _file_lock(parent / f".{final.name}.lock"):
+    with _THREAD_LOCK, file_lock(parent / f".{final.name}.lock"):
         if _is_complete(final):  # another process finished it while we waited
             return final
         # We hold the lock: any leftover temp folder or unfinished final folder is from a killed build.

@@ -10,10 +10,12 @@ import os
 import resource
 import tempfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from verl_bench.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 _STATUS = "/proc/self/status"
 
@@ -50,6 +52,8 @@ def rss_gb() -> float:
 def reset_peak_memory() -> bool:
     """Start a new peak: VmHWM drops to the current RSS (writing 5 to /proc/self/clear_refs, Linux >= 4.0),
     and torch's CUDA peak statistics restart. Returns whether the RSS peak could be reset."""
+    import torch
+
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.reset_peak_memory_stats()
     try:
@@ -68,6 +72,8 @@ def release_memory() -> None:
     gc.collect()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)
+    import torch
+
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
 
@@ -85,6 +91,30 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
     return bool(libc.mallopt(m_mmap_threshold, limit)) and bool(libc.mallopt(m_trim_threshold, limit))
+
+
+@contextlib.contextmanager
+def file_lock(lock_path: Path, on_wait=None):
+    """An exclusive inter-process lock on ``lock_path`` (fcntl.flock), held for the ``with`` block and
+    released by the kernel if the holder dies. ``on_wait()`` is called once when another process holds it.
+    """
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as fh:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - non-POSIX: only the callers' atomic renames guard
+            yield
+            return
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def unwritable(folder: str | os.PathLike) -> str | None:
@@ -118,6 +148,8 @@ def require_writable(folder: str | os.PathLike, where: str) -> None:
 
 def pick_device(name: str) -> torch.device:
     """``auto``: CUDA when available, else the CPU; anything else is a torch device name."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)

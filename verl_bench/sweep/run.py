@@ -12,6 +12,7 @@ from pathlib import Path
 from verl_bench.config import ConfigError, TrainConfig, _merge, from_dict
 from verl_bench.sweep.report import Carry, clean
 from verl_bench.sweep.spec import SweepSpec, _flat, _nest, check_resources, load_sweep
+from verl_bench.sysutil import file_lock, release_memory, reset_peak_memory
 
 # Tune gives a function trial's thread 2 s to stop before it reuses the actor for the next trial (or PBT
 # restarts it); a step plus its checkpoint save on a busy node takes longer, and the reuse then fails with
@@ -21,6 +22,8 @@ os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
 # What a trial process that only drives Ray Train workers reserves when it asks for no CPU (resources.cpu 0):
 # Tune cannot schedule an empty request, and memory is what such a process does use.
 DRIVER_MEMORY = 256 * 2**20
+# per-cell lock files of a grid of cells, inside the Tune experiment folder (see _trial)
+CELL_LOCKS = ".cell_locks"
 
 
 def _trial(config: dict, sweep: dict) -> None:
@@ -40,22 +43,36 @@ def _trial(config: dict, sweep: dict) -> None:
         cfg = from_dict(TrainConfig, _merge(sweep["base"], _nest(sampled)), source=f"trial config {sampled}")
     # the trial's folder in the sweep's storage (get_trial_dir() is a per-Ray-session staging copy that is
     # only synced at the end, so a resumed trial would not see its own run there)
-    trial_dir = Path(sweep["experiment_path"]) / Path(tune.get_context().get_trial_dir()).name
-    if "cells" in sweep:  # a cell trained (or begun) by an earlier trial of a restored grid continues there
-        trial_dir = cell_home(Path(sweep["experiment_path"]), {d: sampled[d] for d in sweep["cell_dims"]},
-                              cfg.steps) or trial_dir
-    from verl_bench.sysutil import release_memory, reset_peak_memory
-
+    experiment = Path(sweep["experiment_path"])
+    trial_dir = experiment / Path(tune.get_context().get_trial_dir()).name
     reset_peak_memory()  # the memory/peak_* this trial reports: its own peak, not the reused process's
     try:
-        if cfg.ray.num_workers > 1:
-            _fit_train_run(cfg, trial_dir, sweep)
-        else:
-            _train_in_process(cfg, trial_dir, sweep)
+        if "cells" not in sweep:
+            _train(cfg, trial_dir, sweep)
+            return
+        train_cell(experiment, cell, {d: sampled[d] for d in sweep["cell_dims"]}, cfg.steps, trial_dir,
+                   lambda home: _train(cfg, home, sweep))
     finally:
         # a reused trial actor keeps its process: what this trial held (model, optimizer, reference model,
         # caches, glibc's and CUDA's pools) goes back to the system before the next trial starts
         release_memory()
+
+
+def train_cell(experiment: Path, cell: str, dims: dict, steps: int, trial_dir: Path, train_in) -> None:
+    """Train one grid cell in its home: the trial folder already holding its run (see cell_home), else
+    ``trial_dir``. A restored grid runs a cell's old trial and Tune's regenerated one, maybe at the same time:
+    the cell's lock lets one of them train it; the other then finds that run (finished: only reported).
+    """
+    with file_lock(experiment / CELL_LOCKS / (cell.replace("/", "__") + ".lock"),
+                   on_wait=lambda: print(f"[sweep] cell {cell}: another trial is training it; waiting", flush=True)):
+        train_in(cell_home(experiment, dims, steps) or trial_dir)
+
+
+def _train(cfg: TrainConfig, trial_dir: Path, sweep: dict) -> None:
+    if cfg.ray.num_workers > 1:
+        _fit_train_run(cfg, trial_dir, sweep)
+    else:
+        _train_in_process(cfg, trial_dir, sweep)
 
 
 def _where_it_runs() -> dict:
