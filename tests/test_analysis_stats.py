@@ -71,6 +71,26 @@ def test_one_seed_paired_interval_is_scipys_paired_t_test():
     assert not r["measured"]
 
 
+def test_intervals_stop_at_the_range_of_a_proportion():
+    """Two seeds far apart (df ~ 1, t ~ 12.7): the uncut t interval would reach below 0 and past 1; the
+    accuracy interval is cut to [0, 1] and the difference's to [-1, 1], the se, df and p-value unchanged."""
+    rng = np.random.default_rng(3)
+    far = np.stack([rng.binomial(4, 0.9, 64) / 4, rng.binomial(4, 0.4, 64) / 4])  # 2 runs: 90% and 40%
+    near = np.stack([rng.binomial(4, 0.6, 64) / 4, rng.binomial(4, 0.62, 64) / 4])
+    r = stats.arm_interval([far])
+    q = sps.t.ppf(0.975, r["df"])
+    assert r["mean"] - q * r["se"] < 0 and r["mean"] + q * r["se"] > 1  # the uncut interval leaves [0, 1]
+    assert (r["ci_low"], r["ci_high"]) == (0.0, 1.0)
+    d = stats.paired_interval([near], [far])
+    q = sps.t.ppf(0.975, d["df"])
+    assert d["delta"] - q * d["se"] < -1 and d["delta"] + q * d["se"] > 1
+    assert (d["ci_low"], d["ci_high"]) == (-1.0, 1.0)
+    assert d["p_value"] == pytest.approx(2 * sps.t.sf(abs(d["delta"]) / d["se"], d["df"]))
+    inside = stats.arm_interval([near])  # an interval inside the range is untouched
+    q = sps.t.ppf(0.975, inside["df"])
+    assert inside["ci_high"] - inside["mean"] == pytest.approx(q * inside["se"])
+
+
 def test_paired_interval_with_seeds_by_hand():
     a = np.array([[0.25, 0.75, 0.25, 0.5], [0.75, 1.0, 0.75, 1.0]])  # run 2 is better on every problem
     b = np.array([[0.25, 0.75, 0.25, 0.5], [0.5, 0.5, 0.0, 0.5], [0.25, 1.0, 0.25, 0.25]])
@@ -93,7 +113,8 @@ def test_paired_interval_with_seeds_by_hand():
     assert r["delta"] == pytest.approx(d.mean()) and r["se"] == pytest.approx(math.sqrt(var))
     assert r["df"] == pytest.approx(df)
     q = sps.t.ppf(0.975, df)
-    assert r["ci_high"] - r["delta"] == pytest.approx(q * math.sqrt(var))
+    assert r["ci_high"] == pytest.approx(min(d.mean() + q * math.sqrt(var), 1.0))  # cut at the range of a
+    assert r["ci_low"] == pytest.approx(max(d.mean() - q * math.sqrt(var), -1.0))  # difference of proportions
     assert r["p_value"] == pytest.approx(2 * sps.t.sf(abs(d.mean()) / math.sqrt(var), df))
     assert r["measured"]
 
