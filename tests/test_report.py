@@ -261,3 +261,14 @@ def test_disagreements_pick_a_correct_and_a_wrong_response():
     assert len(d) == int(((rate["verl"] - rate["grpo"]).abs() >= 0.5).sum())
     gaps = (d["solve_rate_verl"] - d["solve_rate_grpo"]).abs().to_numpy()
     assert (np.diff(gaps) <= 0).all()
+
+
+def test_data_provenance_names_the_generator_or_the_data_root(monkeypatch, tmp_path):
+    from verl_bench.report.sources import provenance
+
+    (tmp_path / "PROVENANCE.md").write_text("# Math data\nCopied from public snapshots.\n| table |\n")
+    monkeypatch.setenv("VERL_BENCH_DATA", str(tmp_path))
+    gen = provenance(["arithmetic_test_l0"])
+    assert gen["root"].startswith("no data files") and "seed 1000003" in gen["lines"][0]
+    files = provenance(["arithmetic_test_l0", "math500"])  # one benchmark read from files: the data root
+    assert files == {"root": str(tmp_path), "lines": ["# Math data", "Copied from public snapshots."]}

@@ -75,7 +75,7 @@ def _header(meta: dict, samples: pd.DataFrame | None, study: dict | None) -> dic
     record = study_record(meta)
     h = {"name": meta.get("name", ""), "source": meta.get("source", ""), "generated": _dt.datetime.now(
         _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions(), "commit": git_commit(),
-        "recorded": record, "provenance": provenance(), "protocol": meta.get("protocol") or {},
+        "recorded": record, "provenance": provenance(sorted(samples["benchmark"].unique()) if samples is not None else ()), "protocol": meta.get("protocol") or {},
         "models": meta.get("models") or {}, "steps": meta.get("steps"), "compared": None, "primary": None}
     if samples is not None and study is not None:
         plan = study["plan"]
