@@ -272,3 +272,26 @@ def test_data_provenance_names_the_generator_or_the_data_root(monkeypatch, tmp_p
     assert gen["root"].startswith("no data files") and "seed 1000003" in gen["lines"][0]
     files = provenance(["arithmetic_test_l0", "math500"])  # one benchmark read from files: the data root
     assert files == {"root": str(tmp_path), "lines": ["# Math data", "Copied from public snapshots."]}
+
+
+def test_git_commit_is_dirty_for_changed_code_not_for_the_report_being_written(tmp_path):
+    import subprocess
+
+    from verl_bench.report.sources import git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "reports" / "demo").mkdir(parents=True)
+    (tmp_path / "reports" / "demo" / "index.html").write_text("old")
+    (tmp_path / "code.py").write_text("x = 1")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
+    (tmp_path / "reports" / "demo" / "index.html").write_text("new")  # the report being rebuilt
+    clean = git_commit(tmp_path / "reports" / "demo", repo=tmp_path)
+    assert len(clean) == 40 and "uncommitted" not in clean
+    assert git_commit(repo=tmp_path).endswith("(with uncommitted changes)")  # any other report: dirty
+    (tmp_path / "code.py").write_text("x = 2")
+    assert git_commit(tmp_path / "reports" / "demo", repo=tmp_path) == clean + " (with uncommitted changes)"
+

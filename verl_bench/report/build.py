@@ -62,7 +62,7 @@ def render_report(samples: pd.DataFrame | None, dynamics: pd.DataFrame | None, o
         study = study_sections(samples, dynamics, out_dir, meta, ctx, progress)
     ctx["study"] = study
     ctx["sweeps"] = [sweep_section(sw, out_dir, ctx["tables"], progress, i, n_boot) for i, sw in enumerate(sweeps)]
-    ctx["header"] = _header(meta, samples, study)
+    ctx["header"] = _header(meta, samples, study, out_dir)
     progress("report: writing the page")
     path = out_dir / "index.html"
     path.write_text(render_page(ctx), encoding="utf-8")
@@ -71,10 +71,10 @@ def render_report(samples: pd.DataFrame | None, dynamics: pd.DataFrame | None, o
 
 
 # ------------------------------------------------------------------------------------------ header
-def _header(meta: dict, samples: pd.DataFrame | None, study: dict | None) -> dict:
+def _header(meta: dict, samples: pd.DataFrame | None, study: dict | None, out_dir: Path) -> dict:
     record = study_record(meta)
     h = {"name": meta.get("name", ""), "source": meta.get("source", ""), "generated": _dt.datetime.now(
-        _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions(), "commit": git_commit(),
+        _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions(), "commit": git_commit(out_dir),
         "recorded": record, "provenance": provenance(sorted(samples["benchmark"].unique()) if samples is not None else ()), "protocol": meta.get("protocol") or {},
         "models": meta.get("models") or {}, "steps": meta.get("steps"), "compared": None, "primary": None}
     if samples is not None and study is not None:

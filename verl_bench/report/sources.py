@@ -170,14 +170,18 @@ def versions() -> dict[str, str]:
     return out
 
 
-def git_commit() -> str:
-    """The commit of the verl-bench checkout that builds the report (+ "dirty" when it has local changes)."""
-    repo = Path(__file__).resolve().parents[2]
+def git_commit(report_dir: str | Path | None = None, repo: Path | None = None) -> str:
+    """The commit of the verl-bench checkout that builds the report (+ "with uncommitted changes" when it has
+    local changes; those of ``report_dir``, the report being written, do not count: e.g. reports/demo/)."""
+    repo = (repo or Path(__file__).parents[2]).resolve()
+    exclude = []
+    if report_dir is not None and Path(report_dir).resolve().is_relative_to(repo):
+        exclude = [f":(exclude){Path(report_dir).resolve().relative_to(repo)}"]
     try:
         sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               check=False, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                *exclude], check=False, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown (not a git checkout)"
     return sha + (" (with uncommitted changes)" if dirty else "")
