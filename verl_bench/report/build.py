@@ -73,9 +73,11 @@ def render_report(samples: pd.DataFrame | None, dynamics: pd.DataFrame | None, o
 # ------------------------------------------------------------------------------------------ header
 def _header(meta: dict, samples: pd.DataFrame | None, study: dict | None, out_dir: Path) -> dict:
     record = study_record(meta)
+    benchmarks = sorted(samples["benchmark"].unique()) if samples is not None else []
     h = {"name": meta.get("name", ""), "source": meta.get("source", ""), "generated": _dt.datetime.now(
         _dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "versions": versions(), "commit": git_commit(out_dir),
-        "recorded": record, "provenance": provenance(sorted(samples["benchmark"].unique()) if samples is not None else ()), "protocol": meta.get("protocol") or {},
+        "recorded": record, "provenance": provenance(benchmarks),
+        "protocol": meta.get("protocol") or {},
         "models": meta.get("models") or {}, "steps": meta.get("steps"), "compared": None, "primary": None}
     if samples is not None and study is not None:
         plan = study["plan"]

@@ -22,7 +22,7 @@ os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
 # What a trial process that only drives Ray Train workers reserves when it asks for no CPU (resources.cpu 0):
 # Tune cannot schedule an empty request, and memory is what such a process does use.
 DRIVER_MEMORY = 256 * 2**20
-# per-cell lock files of a grid of cells, inside the Tune experiment folder (see _trial)
+# per-cell lock files of a grid of cells, inside the Tune experiment folder (see train_cell)
 CELL_LOCKS = ".cell_locks"
 
 
